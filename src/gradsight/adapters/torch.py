@@ -1,0 +1,222 @@
+"""PyTorch adapter: input gradients of a class score, leaving the user's model exactly as it was.
+
+Example:
+    >>> import numpy as np, torch                                            # doctest: +SKIP
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))  # doctest: +SKIP
+    >>> out = TorchAdapter().class_score_gradient(net, np.ones((1, 2, 2, 3), np.float32), [None], "logit")
+    >>> out.gradient.shape                                                    # doctest: +SKIP
+    (1, 2, 2, 3)
+
+Arrays cross this boundary as NumPy float32 in channels-last layout (N, H, W, C); inside, PyTorch works in
+NCHW. The model is run in eval mode (BatchNorm statistics, no dropout) and every module's ``training`` flag is
+restored afterwards; only the input's gradient is requested, so no parameter's ``.grad`` is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from ..errors import BadInputError
+
+SCORES = ("logit", "prob", "logprob")
+
+
+@dataclass(frozen=True)
+class ScoreGradient:
+    """What one gradient pass returns: raw scores, the chosen targets and d(score)/d(input)."""
+
+    logits: np.ndarray  # (N, K)
+    targets: np.ndarray  # (N,)
+    gradient: np.ndarray  # (N, H, W, C)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run ``model`` in eval mode and restore every submodule's own ``training`` flag, even on error."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def to_input_array(tensor: torch.Tensor) -> np.ndarray:
+    """A user's NCHW (or CHW) tensor as a float32 NHWC array; the tensor itself is not touched."""
+    if tensor.ndim == 3:
+        tensor = tensor[None]
+    if tensor.ndim != 4:
+        raise BadInputError("input tensor", expected="shape (N, C, H, W) or (C, H, W)",
+                            got=f"shape {tuple(tensor.shape)}")
+    return tensor.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).numpy().copy()
+
+
+class TorchAdapter:
+    name = "torch"
+
+    def class_score_gradient(self, model: nn.Module, inputs: np.ndarray, targets: list[int | None],
+                             score: str = "logit", fast: bool = True) -> ScoreGradient:
+        """d score[target] / d input for a batch; ``None`` targets become the predicted class."""
+        if score not in SCORES:
+            raise BadInputError("score", expected=f"one of {SCORES}", got=repr(score))
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        x = torch.from_numpy(np.ascontiguousarray(inputs)).permute(0, 3, 1, 2).to(device)
+        with eval_mode(model):
+            runner = _folded_copy(model, x[:1]) if fast else None
+            with torch.enable_grad():
+                x = x.clone().requires_grad_(True)
+                logits = _checked_logits((runner or model)(x), len(inputs))
+                chosen = _resolve_targets(targets, logits)
+                scores = _select(logits, chosen, score)
+                (grad,) = torch.autograd.grad(scores.sum(), x)
+        return ScoreGradient(logits.detach().cpu().numpy().astype(np.float32), chosen.cpu().numpy(),
+                             grad.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def _checked_logits(out, batch: int) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise BadInputError("model output", expected="a tensor of class scores (N, classes)",
+                            got=type(out).__name__, fix="wrap the model so that forward returns the logits")
+    if out.ndim != 2 or out.shape[0] != batch:
+        raise BadInputError("model output", expected=f"class scores of shape ({batch}, classes)",
+                            got=f"shape {tuple(out.shape)}", fix="pass a classifier (or wrap it to return logits)")
+    if not torch.isfinite(out).all():
+        raise BadInputError("model output", expected="finite class scores", got="NaN or infinity",
+                            fix="check the input values and the model's weights")
+    return out
+
+
+def _resolve_targets(targets: list[int | None], logits: torch.Tensor) -> torch.Tensor:
+    num_classes = logits.shape[1]
+    predicted = logits.detach().argmax(dim=1)
+    chosen = []
+    for i, target in enumerate(targets):
+        if target is None:
+            chosen.append(int(predicted[i]))
+        elif not 0 <= target < num_classes:
+            raise BadInputError("target class", expected=f"an index in 0..{num_classes - 1}", got=str(target),
+                                fix="pass a class index the model has, or 'auto' for the predicted class")
+        else:
+            chosen.append(int(target))
+    return torch.tensor(chosen, device=logits.device)
+
+
+def _select(logits: torch.Tensor, chosen: torch.Tensor, score: str) -> torch.Tensor:
+    if score == "prob":
+        logits = logits.softmax(dim=1)
+    elif score == "logprob":
+        logits = logits.log_softmax(dim=1)
+    return logits.gather(1, chosen[:, None])[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fast path: a private copy with BatchNorm folded into the preceding convolution and no parameter gradients.
+# Eval-mode BatchNorm is an affine map per channel, so conv->BN equals one conv with rescaled weights; this
+# removes a forward and a backward elementwise pass per BatchNorm. The copy is cached per model and rebuilt
+# whenever any parameter or buffer changes (tensor version counters), and checked against the model itself.
+
+_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    tensors = [*model.parameters(), *model.buffers()]
+    return tuple((id(t), t._version, t.device) for t in tensors)
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(m, n, None) for m in model.modules() for n in names)
+
+
+def _folded_copy(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
+    """The cached folded copy of ``model``, or None when folding does not apply or does not check out."""
+    if _has_hooks(model):
+        return None  # the user's hooks must see the user's modules
+    key = _fingerprint(model)
+    cached = _FOLDED.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    folded = fold_batchnorm(model, probe)
+    _FOLDED[model] = (key, folded)
+    return folded
+
+
+def _bn_replacement(bn: nn.Module) -> nn.Module | None:
+    if type(bn) is nn.BatchNorm2d:
+        return nn.Identity()
+    # timm's BatchNormAct2d is BatchNorm2d followed by its own `drop` and `act` submodules.
+    if type(bn).__name__ == "BatchNormAct2d" and hasattr(bn, "act") and hasattr(bn, "drop"):
+        return nn.Sequential(bn.drop, bn.act)
+    return None
+
+
+def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
+    """A copy of ``model`` (eval mode) with each Conv2d->BatchNorm2d pair folded, or None if none applies.
+
+    Pairs are found by running ``probe`` and seeing which BatchNorm receives a convolution's output tensor
+    itself. The copy's logits on ``probe`` must match the model's; otherwise None (the plain path is used).
+    """
+    try:
+        import copy
+
+        clone = copy.deepcopy(model).eval()
+    except Exception:  # a model that cannot be copied simply takes the plain path
+        return None
+    produced: dict[int, tuple[str, torch.Tensor, int]] = {}
+    pairs: list[tuple[str, str]] = []
+    handles = []
+    named = dict(clone.named_modules())
+    for name, module in named.items():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(
+                lambda mod, args, out, name=name: produced.__setitem__(id(out), (name, out, out._version))))
+        elif isinstance(module, nn.BatchNorm2d) and module.track_running_stats and _bn_replacement(module):
+            def pre(mod, args, name=name):
+                hit = produced.get(id(args[0]))
+                # Same object and unmodified: an in-place op (e.g. ReLU) in between would break the algebra.
+                if hit is not None and hit[1] is args[0] and hit[2] == args[0]._version:
+                    pairs.append((hit[0], name))
+            handles.append(module.register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            reference = model(probe)
+            clone(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    conv_uses = [conv for conv, _ in pairs]
+    pairs = [(c, b) for c, b in pairs if conv_uses.count(c) == 1]
+    if not pairs:
+        return None
+    for conv_name, bn_name in pairs:
+        conv, bn = named[conv_name], named[bn_name]
+        _set_submodule(clone, conv_name, fuse_conv_bn_eval(conv, bn))
+        _set_submodule(clone, bn_name, _bn_replacement(bn))
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        folded = clone(probe)
+    if not isinstance(reference, torch.Tensor) or folded.shape != reference.shape:
+        return None
+    tolerance = 1e-3 * float(reference.abs().max()) + 1e-5
+    if float((folded - reference).abs().max()) > tolerance:
+        warnings.warn("gradsight: BatchNorm folding changed this model's outputs; using the plain gradient "
+                      "path (pass fast=False to skip the check).", RuntimeWarning, stacklevel=4)
+        return None
+    return clone
+
+
+def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)

@@ -1,0 +1,1 @@
+"""Attribution methods, framework-free: each asks an adapter for gradients and does its own arithmetic."""

@@ -1,0 +1,51 @@
+"""What a model needs besides its weights: preprocessing, class names, and a name to report.
+
+Example:
+    >>> spec = ModelSpec("my_net", framework="torch", preprocess=imagenet_preprocess())
+    >>> spec.preprocess.crop
+    224
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..preprocess import Preprocess
+
+
+def imagenet_preprocess(resize: int = 256, crop: int = 224, interpolation: str = "bilinear") -> Preprocess:
+    """The classic torchvision ImageNet preprocessing (resize 256, centre crop 224, ImageNet mean/std)."""
+    return Preprocess(resize=resize, crop=crop, interpolation=interpolation,
+                      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to feed a model and read its outputs; ``weights`` says where the weights came from."""
+
+    name: str
+    framework: str
+    preprocess: Preprocess
+    class_names: tuple[str, ...] | None = None
+    weights: str = "user-supplied"
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A framework model together with its spec; what ``load_model`` returns and ``saliency`` accepts."""
+
+    module: Any
+    spec: ModelSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.spec.preprocess
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        return self.spec.class_names

@@ -1,0 +1,78 @@
+"""Frozen result objects holding raw values; normalising for display is the plotting code's job.
+
+Example:
+    >>> import gradsight                                          # doctest: +SKIP
+    >>> result = gradsight.saliency("efficientnet_lite0")         # the bundled ouzel.png  # doctest: +SKIP
+    >>> result.top_k(0, 1)                                        # doctest: +SKIP
+    [(20, 'water ouzel, dipper', 0.959...)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .preprocess import Geometry, Preprocess
+
+
+@dataclass(frozen=True, eq=False)
+class SaliencyResult:
+    """Vanilla-gradient saliency for a batch of N inputs, all arrays in model-input pixels.
+
+    ``saliency`` (N, H, W) is max over colour channels of ``|gradient|``; ``gradient`` (N, H, W, C) is
+    d score / d input, channels last; ``targets`` are the explained classes, ``predictions`` the top-1
+    classes with their softmax ``probabilities``; ``logits`` (N, K) are the raw scores.
+    """
+
+    saliency: np.ndarray
+    gradient: np.ndarray
+    targets: np.ndarray
+    score: str
+    logits: np.ndarray
+    model_name: str
+    class_names: tuple[str, ...] | None = None
+    preprocess: Preprocess | None = None
+    sources: tuple[str | None, ...] = ()
+    geometries: tuple[Geometry | None, ...] = ()
+    conversions: tuple[str | None, ...] = ()
+    fast: bool = True
+    photos: tuple = field(default=(), repr=False)  # the RGB PIL photos, for display (None for raw arrays)
+
+    def __len__(self) -> int:
+        return len(self.saliency)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Softmax of the logits, (N, K), computed in float64 for stability."""
+        z = self.logits.astype(np.float64)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def prediction_probabilities(self) -> np.ndarray:
+        probs = self.probabilities
+        return probs[np.arange(len(probs)), self.predictions]
+
+    def label(self, index: int) -> str:
+        """Human-readable name of class ``index`` (the index itself when the model has no names)."""
+        if self.class_names is None or not 0 <= index < len(self.class_names):
+            return f"class {index}"
+        return self.class_names[index]
+
+    def top_k(self, i: int, k: int = 5) -> list[tuple[int, str, float]]:
+        """The k most probable classes of input ``i`` as (index, name, probability)."""
+        probs = self.probabilities[i]
+        order = np.argsort(-probs, kind="stable")[:k]
+        return [(int(c), self.label(int(c)), float(probs[c])) for c in order]
+
+    def on_original(self, i: int) -> np.ndarray:
+        """The saliency of input ``i`` resampled onto its original photo (pixels outside the crop are 0)."""
+        geometry = self.geometries[i] if i < len(self.geometries) else None
+        if geometry is None or self.preprocess is None:
+            return self.saliency[i]
+        return self.preprocess.to_original(self.saliency[i], geometry.original_size)
