@@ -40,7 +40,6 @@ def _as_photo(item) -> Photo | None:
     if isinstance(item, Photo):
         return item
     if isinstance(item, Image.Image):
-        from .images import _to_rgb
 
         rgb, converted = to_rgb(item, "PIL image")
         if min(rgb.size) < MIN_SIDE:
