@@ -15,6 +15,7 @@ restored afterwards; only the input's gradient is requested, so no parameter's `
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..errors import BadInputError
 
@@ -70,16 +71,20 @@ class TorchAdapter:
             raise BadInputError("score", expected=f"one of {SCORES}", got=repr(score))
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        x = torch.from_numpy(np.ascontiguousarray(inputs)).permute(0, 3, 1, 2).to(device)
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        # NHWC arrays viewed as NCHW are channels-last tensors already; oneDNN convolutions and their backward
+        # run faster so (ResNet50, batch 8, 2 cores: ~20% less time than contiguous NCHW, bench/saliency.py).
+        x = torch.from_numpy(np.ascontiguousarray(inputs)).permute(0, 3, 1, 2).to(device, dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
         with eval_mode(model):
             runner = _folded_copy(model, x[:1]) if fast else None
             with torch.enable_grad():
-                x = x.clone().requires_grad_(True)
+                x = x.clone(memory_format=torch.channels_last).requires_grad_(True)
                 logits = _checked_logits((runner or model)(x), len(inputs))
                 chosen = _resolve_targets(targets, logits)
                 scores = _select(logits, chosen, score)
                 (grad,) = torch.autograd.grad(scores.sum(), x)
-        return ScoreGradient(logits.detach().cpu().numpy().astype(np.float32), chosen.cpu().numpy(),
+        return ScoreGradient(logits.detach().cpu().numpy(), chosen.cpu().numpy(),
                              grad.permute(0, 2, 3, 1).cpu().numpy())
 
 
@@ -167,8 +172,6 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     itself. The copy's logits on ``probe`` must match the model's; otherwise None (the plain path is used).
     """
     try:
-        import copy
-
         clone = copy.deepcopy(model).eval()
     except Exception:  # a model that cannot be copied simply takes the plain path
         return None
@@ -200,7 +203,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
         return None
     for conv_name, bn_name in pairs:
         conv, bn = named[conv_name], named[bn_name]
-        _set_submodule(clone, conv_name, fuse_conv_bn_eval(conv, bn))
+        _set_submodule(clone, conv_name, _fold_pair(conv, bn))
         _set_submodule(clone, bn_name, _bn_replacement(bn))
     for p in clone.parameters():
         p.requires_grad_(False)
@@ -214,6 +217,22 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
                       "path (pass fast=False to skip the check).", RuntimeWarning, stacklevel=4)
         return None
     return clone
+
+
+def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """conv followed by eval-mode bn as one conv; the arithmetic is done in float64, then rounded once.
+
+    Folding in float32 rounds the rescaled weights (gamma / sqrt(var + eps) can be large) and made
+    EfficientNet-Lite0 maps differ by up to 6e-3 relative L2 from a float64 reference; in float64 the folded
+    model is as close to that reference as the unfolded one (bench/saliency.py prints both).
+    """
+    as64 = lambda t: None if t is None else t.detach().double()  # noqa: E731
+    weight, bias = fuse_conv_bn_weights(as64(conv.weight), as64(conv.bias), as64(bn.running_mean),
+                                        as64(bn.running_var), bn.eps, as64(bn.weight), as64(bn.bias))
+    fused = copy.deepcopy(conv)
+    fused.weight = nn.Parameter(weight.detach().to(conv.weight.dtype), requires_grad=False)
+    fused.bias = nn.Parameter(bias.detach().to(conv.weight.dtype), requires_grad=False)
+    return fused
 
 
 def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
