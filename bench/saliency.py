@@ -109,7 +109,8 @@ def bench(model: gradsight.LoadedModel, batch: int, repeats: int, peak: float) -
     rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))  # noqa: E731
     return {
         "model": model.name, "batch": batch, "gradsight_s": med["gradsight"], "captum_s": med["captum"],
-        "speedup": med["captum"] / med["gradsight"], "plain_speedup": med["captum"] / med["plain"], "rel_l2": rel(ours, theirs),
+        "speedup": med["captum"] / med["gradsight"], "plain_speedup": med["captum"] / med["plain"],
+        "rel_l2": rel(ours, theirs),
         "max_pixel": float(np.abs(ours - theirs).max() / np.abs(theirs).max()),
         "noise_floor": rel(theirs, reference64), "gflops": flops / 1e9, "fold_s": fold_cost,
         "gemm_fraction": flops / med["gradsight"] / 1e9 / peak,
@@ -141,7 +142,8 @@ def main() -> None:
         for batch in args.batches:
             r = bench(model, batch, args.repeats, peak)
             print(f"{r['model']:28s} {r['batch']:5d} {r['gradsight_s']:11.3f} {r['captum_s']:9.3f} "
-                  f"{r['speedup']:7.2f}x {r['plain_speedup']:5.2f}x {r['rel_l2']:8.1e} {r['max_pixel']:8.1e} {r['noise_floor']:9.1e} "
+                  f"{r['speedup']:7.2f}x {r['plain_speedup']:5.2f}x {r['rel_l2']:8.1e} {r['max_pixel']:8.1e} "
+                  f"{r['noise_floor']:9.1e} "
                   f"{r['gflops']:6.1f} {r['gemm_fraction']:7.1%} {r['fold_s']:6.2f}", flush=True)
 
 
