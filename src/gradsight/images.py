@@ -62,7 +62,7 @@ def load_image(path: str | Path) -> Photo:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                return _photo(img, what, path)
+                return photo_from_image(img, str(path))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadInputError(what, expected=f"at most {Image.MAX_IMAGE_PIXELS:,} pixels",
                             got=f"an image so large it may be a decompression bomb ({err})",
@@ -75,13 +75,15 @@ def load_image(path: str | Path) -> Photo:
                             fix="re-export or re-download the image") from None
 
 
-def _photo(img: Image.Image, what: str, path: Path) -> Photo:
+def photo_from_image(img: Image.Image, source: str) -> Photo:
+    """A Photo from an already opened PIL image (converted to RGB, size checked)."""
+    what = f"image {source!r}"
     rgb, converted_from = to_rgb(img, what)
     width, height = rgb.size
     if min(width, height) < MIN_SIDE:
         raise BadInputError(what, expected=f"at least {MIN_SIDE}x{MIN_SIDE} pixels",
                             got=f"{width}x{height}", fix="use a larger photo")
-    return Photo(rgb, str(path), converted_from)
+    return Photo(rgb, source, converted_from)
 
 
 def to_rgb(img: Image.Image, what: str) -> tuple[Image.Image, str | None]:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from .adapters import is_framework_tensor
 from .errors import BadInputError
-from .images import MIN_SIDE, Photo, example_image_path, load_image, to_rgb
+from .images import Photo, example_image_path, load_image, photo_from_image
 from .preprocess import Geometry, Preprocess
 
 
@@ -40,12 +40,7 @@ def _as_photo(item) -> Photo | None:
     if isinstance(item, Photo):
         return item
     if isinstance(item, Image.Image):
-
-        rgb, converted = to_rgb(item, "PIL image")
-        if min(rgb.size) < MIN_SIDE:
-            raise BadInputError("PIL image", expected=f"at least {MIN_SIDE}x{MIN_SIDE} pixels",
-                                got=f"{rgb.size[0]}x{rgb.size[1]}", fix="use a larger photo")
-        return Photo(rgb, "<PIL image>", converted)
+        return photo_from_image(item, "<PIL image>")
     if isinstance(item, np.ndarray) and item.dtype == np.uint8:
         if item.ndim != 3 or item.shape[2] != 3:
             raise BadInputError("uint8 image array", expected="shape (height, width, 3)", got=f"{item.shape}",

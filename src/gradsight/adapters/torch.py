@@ -27,8 +27,6 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..errors import BadInputError
 
-SCORES = ("logit", "prob", "logprob")
-
 
 @dataclass(frozen=True)
 class ScoreGradient:
@@ -67,8 +65,6 @@ class TorchAdapter:
     def class_score_gradient(self, model: nn.Module, inputs: np.ndarray, targets: list[int | None],
                              score: str = "logit", fast: bool = True) -> ScoreGradient:
         """d score[target] / d input for a batch; ``None`` targets become the predicted class."""
-        if score not in SCORES:
-            raise BadInputError("score", expected=f"one of {SCORES}", got=repr(score))
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -121,6 +117,8 @@ def _select(logits: torch.Tensor, chosen: torch.Tensor, score: str) -> torch.Ten
         logits = logits.softmax(dim=1)
     elif score == "logprob":
         logits = logits.log_softmax(dim=1)
+    elif score != "logit":
+        raise BadInputError("score", expected="'logit', 'prob' or 'logprob'", got=repr(score))
     return logits.gather(1, chosen[:, None])[:, 0]
 
 

@@ -22,7 +22,7 @@ from ..models.spec import LoadedModel, ModelSpec, imagenet_preprocess
 from ..preprocess import Preprocess
 from ..results import SaliencyResult
 
-SCORES = ("logit", "prob", "logprob")  # also checked by adapters
+SCORES = ("logit", "prob", "logprob")
 
 
 def as_loaded_model(model: Any, preprocess: Preprocess | None = None) -> LoadedModel:
