@@ -217,3 +217,65 @@ def _timm_cached_file(cfg: dict) -> Path | None:
         if isinstance(found, str):
             return Path(found)
     return None
+
+
+def build_torch_network(name: str):
+    """A network for receptive-field and node-gradient work: seed CNNs, architectures by name (random
+    weights: geometry does not depend on them), or a ``package.module:factory`` path called with no arguments.
+    """
+    from .torch_zoo import SEED_INPUT, seed_cnn
+
+    seeds = {"seed-cnn": "same", "seed-cnn-torch": "torch"}
+    if name in seeds:
+        net = seed_cnn(seeds[name])
+        prep = Preprocess(resize=None, crop=None, mean=(0.0,), std=(1.0,))
+        return LoadedModel(net, ModelSpec(name, "torch", prep, None, "random (seeded)", SEED_INPUT))
+    if ":" in name and name.split(":", 1)[0] not in ("torchvision", "tv", "timm"):
+        return _from_python_path(name)
+    family, sep, base = name.partition(":")
+    if not sep:
+        family, base = "", name
+    tvm = _require("torchvision.models")
+    timm = _require("timm")
+    tv_names = tvm.list_models(module=tvm)
+    if family in ("torchvision", "tv") or (not family and base in tv_names):
+        if base not in tv_names:
+            raise UnknownNameError("torchvision model", base, tv_names)
+        net = tvm.get_model(base, weights=None).eval()
+    elif family == "timm" or (not family and timm.is_model(base)):
+        if not timm.is_model(base):
+            raise UnknownNameError("timm model", base, timm.list_models())
+        net = timm.create_model(base, pretrained=False).eval()
+    else:
+        raise UnknownNameError("model", name, ["seed-cnn", "seed-cnn-torch", *tv_names, *timm.list_models()],
+                               fix="or give a Python path package.module:factory")
+    from .torch_fields import _first_conv_channels
+
+    spec = ModelSpec(name, "torch", Preprocess(resize=None, crop=None), None, "random (architecture only)",
+                     (_first_conv_channels(net), 224, 224))
+    return LoadedModel(net, spec)
+
+
+def _from_python_path(path: str):
+    import importlib
+
+    torch = _require("torch")
+    module_name, _, factory_name = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise BadInputError(f"model {path!r}", expected="an importable module before ':'",
+                            got=f"{type(err).__name__}: {err}", fix="check the module path and sys.path") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise UnknownNameError(f"factory in {module_name}", factory_name,
+                               [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")])
+    net = factory()
+    if not isinstance(net, torch.nn.Module):
+        raise BadInputError(f"model {path!r}", expected="a factory returning a torch.nn.Module",
+                            got=type(net).__name__)
+    from .torch_fields import _first_conv_channels
+
+    spec = ModelSpec(path, "torch", Preprocess(resize=None, crop=None), None, "from the factory",
+                     (_first_conv_channels(net), 224, 224))
+    return LoadedModel(net.eval(), spec)

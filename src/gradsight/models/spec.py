@@ -29,6 +29,14 @@ class ModelSpec:
     preprocess: Preprocess
     class_names: tuple[str, ...] | None = None
     weights: str = "user-supplied"
+    input_shape: tuple[int, ...] | None = None  # (channels, rows, cols) the model is meant for
+
+    def model_input_shape(self) -> tuple[int, ...] | None:
+        """(channels, rows, cols) from ``input_shape`` or, for RGB classifiers, from the preprocessing crop."""
+        if self.input_shape is not None:
+            return self.input_shape
+        size = self.preprocess.input_size
+        return (len(self.preprocess.mean), *size) if size else None
 
 
 @dataclass(frozen=True, eq=False)

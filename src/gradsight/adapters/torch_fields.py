@@ -1,0 +1,319 @@
+"""Analytic receptive fields of any PyTorch model, by tracing one forward pass at the ATen level.
+
+Example:
+    >>> import torchvision                                                            # doctest: +SKIP
+    >>> report = trace_fields(torchvision.models.resnet50(), (3, 224, 224))            # doctest: +SKIP
+    >>> report["layer3"].size, report["layer3"].stride                                 # doctest: +SKIP
+    ((427, 427), (16, 16))
+
+Every ATen operation the model runs is classified: convolutions, pooling, padding and crops change the grid
+(their kernel, stride, padding and dilation enter the algebra); element-wise operations, normalisation and
+channel-wise reshapes keep it, and merge the fields of their inputs (residual additions, concatenations,
+gates); reductions over space and flattening make every unit see the whole input. Any other operation that
+touches a spatial tensor is refused by name — gradsight never guesses a geometry.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from ..errors import BadInputError, GradsightError
+from ..receptive.algebra import AxisField, Field, LayerGeometry
+from ..receptive.report import FieldReport, LayerField
+from .torch import eval_mode
+
+
+class UnsupportedGeometryError(GradsightError, NotImplementedError):
+    """The model runs an operation whose effect on the pixel grid gradsight does not know."""
+
+
+# Operations that act on each spatial position separately (besides those ATen tags as pointwise).
+_PER_POSITION = {
+    "native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training", "batch_norm",
+    "hardswish", "hardswish_", "silu", "silu_", "gelu", "gelu_", "mish", "mish_", "elu", "elu_",
+    "leaky_relu", "leaky_relu_", "prelu", "_prelu_kernel", "hardsigmoid_", "native_dropout", "dropout",
+    "clone", "detach", "_to_copy", "alias", "lift_fresh", "contiguous", "copy_", "expand", "_log_softmax",
+    "_softmax", "log_softmax", "softmax", "split", "split_with_sizes", "chunk", "unbind",
+}
+_POOLS = {"max_pool2d_with_indices", "max_pool2d", "avg_pool2d", "max_pool1d", "avg_pool1d",
+          "max_pool1d_with_indices", "max_pool3d_with_indices", "avg_pool3d"}
+_REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "var_mean", "logsumexp", "norm"}
+_VIEWS = {"view", "_unsafe_view", "reshape", "_reshape_alias", "flatten"}
+_LINEAR = {"addmm", "mm", "bmm", "matmul", "linear", "baddbmm"}
+
+
+def _as_list(value, n: int) -> list[int]:
+    if isinstance(value, int):
+        return [value] * n
+    value = list(value)
+    return value * n if len(value) == 1 else value
+
+
+class _Tracked:
+    __slots__ = ("tensor", "field", "dims")
+
+    def __init__(self, tensor, field: Field, dims: tuple[int, ...]):
+        self.tensor, self.field, self.dims = tensor, field, dims
+
+
+class _FieldMode(TorchDispatchMode):
+    def __init__(self, stack: list[str]):
+        super().__init__()
+        self.tracked: dict[int, _Tracked] = {}
+        self.stack = stack
+        self.local_ops: dict[str, list[tuple[AxisField, ...]]] = {}
+
+    def lookup(self, value) -> _Tracked | None:
+        if not isinstance(value, torch.Tensor):
+            return None
+        hit = self.tracked.get(id(value))
+        return hit if hit is not None and hit.tensor is value else None
+
+    def track(self, tensor, field: Field, dims: tuple[int, ...]) -> None:
+        if isinstance(tensor, torch.Tensor):
+            self.tracked[id(tensor)] = _Tracked(tensor, field, dims)
+
+    def where(self) -> str:
+        return self.stack[-1] if self.stack else "<model>"
+
+    def refuse(self, func, reason: str):
+        raise UnsupportedGeometryError(
+            f"receptive field of module {self.where()!r}: expected operations with a known effect on the pixel "
+            f"grid, got {func} ({reason}). Replace or wrap that module, or measure the field from gradients "
+            f"instead (gradsight rf --measure).")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        flat_args, _ = tree_flatten((args, kwargs))
+        inputs = [t for t in (self.lookup(a) for a in flat_args) if t is not None]
+        if inputs:
+            self.propagate(func, args, inputs, out)
+        return out
+
+    def note_local(self, per_axis: tuple[AxisField, ...], kernel, dilation) -> None:
+        for module in set(self.stack):  # a container's geometry is that of the operations inside it
+            self.local_ops.setdefault(module, []).append((per_axis, tuple(kernel), tuple(dilation)))
+
+    def propagate(self, func, args, inputs: list[_Tracked], out) -> None:
+        name = func.overloadpacket.__name__
+        first = inputs[0]
+        outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        if name == "convolution":
+            if args[6]:
+                self.refuse(func, "transposed convolutions upsample")
+            n = len(first.dims)
+            kernel = list(args[1].shape[2:])
+            stride, padding, dilation = (_as_list(args[i], n) for i in (3, 4, 5))
+            self.apply_layer(first, outs[:1], kernel, stride, padding, dilation)
+        elif name in _POOLS:
+            n = len(first.dims)
+            kernel = _as_list(args[1], n)
+            stride = _as_list(args[2], n) if len(args) > 2 and args[2] else kernel
+            padding = _as_list(args[3], n) if len(args) > 3 else [0] * n
+            dilation = _as_list(args[4], n) if len(args) > 4 and "max" in name else [1] * n
+            self.apply_layer(first, outs, kernel, stride, padding, dilation)
+        elif name == "constant_pad_nd":
+            pads = list(args[1])
+            ndim = first.tensor.ndim
+            left = []
+            for d in first.dims:
+                j = ndim - 1 - d  # pad lists start from the last dimension
+                left.append(pads[2 * j] if 2 * j < len(pads) else 0)
+            n = len(first.dims)
+            self.apply_layer(first, outs, [1] * n, [1] * n, left, [1] * n)
+        elif name in ("_adaptive_avg_pool2d", "adaptive_max_pool2d", "_adaptive_avg_pool3d", "adaptive_avg_pool1d"):
+            sizes_in = [first.tensor.shape[d] for d in first.dims]
+            sizes_out = _as_list(args[1], len(sizes_in))
+            if all(o == 1 for o in sizes_out):
+                self.global_out(outs, first)
+            elif sizes_in == sizes_out:
+                self.same(outs, first.field, first.dims)
+            elif all(i % o == 0 for i, o in zip(sizes_in, sizes_out)):
+                k = [i // o for i, o in zip(sizes_in, sizes_out)]
+                self.apply_layer(first, outs, k, k, [0] * len(k), [1] * len(k))
+            else:
+                self.refuse(func, f"adaptive pooling from {sizes_in} to {sizes_out} has uneven bins")
+        elif name in _REDUCTIONS:
+            dims = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else None
+            reduced = set(range(first.tensor.ndim)) if dims is None else {d % first.tensor.ndim for d in dims}
+            if reduced & set(first.dims):
+                self.global_out(outs, first)
+            else:
+                keep = out.ndim == first.tensor.ndim if isinstance(out, torch.Tensor) else True
+                shift = 0 if keep else sum(1 for d in reduced if d < min(first.dims))
+                self.same(outs, first.field, tuple(d - shift for d in first.dims))
+        elif name in _VIEWS:
+            self.view(first, outs)
+        elif name == "permute":
+            order = [d % first.tensor.ndim for d in args[1]]
+            self.same(outs, first.field, tuple(order.index(d) for d in first.dims))
+        elif name in ("transpose", "t"):
+            a, b = ((args[1] % first.tensor.ndim, args[2] % first.tensor.ndim) if name == "transpose" else (0, 1))
+            swap = {a: b, b: a}
+            self.same(outs, first.field, tuple(swap.get(d, d) for d in first.dims))
+        elif name in ("unsqueeze", "squeeze"):
+            self.view(first, outs)
+        elif name == "cat":
+            dim = (args[1] if len(args) > 1 else 0) % first.tensor.ndim
+            if dim in first.dims:
+                self.refuse(func, "concatenation along a spatial axis")
+            self.merge_out(func, inputs, outs)
+        elif name in ("slice", "select"):
+            dim = (args[1] if len(args) > 1 else 0) % first.tensor.ndim
+            if dim not in first.dims:
+                dims = first.dims if name == "slice" else tuple(d - (d > dim) for d in first.dims)
+                self.same(outs, first.field, dims)
+            elif name == "select":
+                self.refuse(func, "selecting one spatial index")
+            else:
+                size = first.tensor.shape[dim]
+                start = args[2] if len(args) > 2 and args[2] is not None else 0
+                start = start + size if start < 0 else min(start, size)
+                step = args[4] if len(args) > 4 else 1
+                axis = first.dims.index(dim)
+                n = len(first.dims)
+                self.apply_layer(first, outs, [1] * n, [step if i == axis else 1 for i in range(n)],
+                                 [-start if i == axis else 0 for i in range(n)], [1] * n)
+        elif name in _LINEAR:
+            if first.field.is_global or (first.tensor.ndim - 1) not in first.dims:
+                self.same(outs, first.field if not first.field.is_global else Field.everything(), first.dims)
+            else:
+                self.global_out(outs, first)
+        elif torch.Tag.pointwise in func.tags or name in _PER_POSITION:
+            self.merge_out(func, inputs, outs)
+        elif name == "native_layer_norm":
+            normalised = len(args[1])
+            if any(d >= first.tensor.ndim - normalised for d in first.dims):
+                self.global_out(outs, first)
+            else:
+                self.same(outs[:1], first.field, first.dims)
+        else:
+            self.refuse(func, "its effect on the pixel grid is unknown to gradsight")
+
+    def apply_layer(self, src: _Tracked, outs, kernel, stride, padding, dilation) -> None:
+        self.note_local(tuple(AxisField().then(k, s, p, d) for k, s, p, d in zip(kernel, stride, padding, dilation)),
+                        kernel, dilation)
+        self.same(outs, src.field.then(kernel, stride, padding, dilation), src.dims)
+
+    def same(self, outs, field: Field, dims) -> None:
+        for o in outs:
+            self.track(o, field, tuple(dims))
+
+    def global_out(self, outs, src: _Tracked) -> None:
+        for o in outs:
+            self.track(o, Field.everything(src.field.misaligned), ())
+
+    def merge_out(self, func, inputs: list[_Tracked], outs) -> None:
+        spatial = [t for t in inputs if t.dims]
+        base = max(spatial or inputs, key=lambda t: t.tensor.ndim)
+        field = base.field
+        for other in inputs:
+            if other is base:
+                continue
+            if other.field.is_global or not other.dims:
+                field = Field.everything(field.misaligned or other.field.misaligned)
+            else:
+                field = field.merge(other.field, where=f"{self.where()} ({func.overloadpacket.__name__})")
+        self.same(outs, field, base.dims if not field.is_global else base.dims)
+
+    def view(self, src: _Tracked, outs) -> None:
+        if src.field.is_global:
+            self.same(outs, src.field, ())
+            return
+        shape_in = list(src.tensor.shape)
+        first_spatial = min(src.dims)
+        suffix = shape_in[first_spatial:]
+        for o in outs:
+            shape_out = list(o.shape)
+            if len(shape_out) >= len(suffix) and shape_out[len(shape_out) - len(suffix):] == suffix:
+                shift = len(shape_out) - len(shape_in)
+                self.track(o, src.field, tuple(d + shift for d in src.dims))
+            else:  # flattening space into features: every output sees every position
+                self.track(o, Field.everything(src.field.misaligned), ())
+
+
+def _first_conv_channels(model: nn.Module) -> int:
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return module.in_channels
+    return 3
+
+
+def trace_fields(model: nn.Module, input_shape: tuple[int, ...] | None = None,
+                 name: str | None = None) -> FieldReport:
+    """Receptive fields of every module of ``model`` for an input of ``input_shape`` = (channels, rows, cols)."""
+    if input_shape is None:
+        input_shape = (_first_conv_channels(model), 224, 224)
+    if len(input_shape) not in (2, 3) or any(int(n) < 1 for n in input_shape):
+        raise BadInputError("input shape", expected="(channels, length) or (channels, rows, cols)",
+                            got=str(tuple(input_shape)))
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.rand((1, *input_shape), dtype=dtype, device=device)
+    stack: list[str] = []
+    mode = _FieldMode(stack)
+    records: dict[str, tuple[nn.Module, object]] = {}
+    order: list[str] = []
+    handles = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def pre(module, args):
+        stack.append(names.get(module, "?"))
+
+    def post(module, args, out):
+        layer = stack.pop() if stack else "?"
+        if layer and layer not in records:
+            records[layer] = (module, out)
+            order.append(layer)
+
+    for module in model.modules():
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post))
+    try:
+        with eval_mode(model), torch.no_grad():
+            mode.track(x, Field.identity(len(input_shape) - 1), tuple(range(2, x.ndim)))
+            with mode:
+                model(x)
+    except RuntimeError as err:
+        if isinstance(err, GradsightError):
+            raise
+        raise BadInputError("input size", expected=f"an input the model accepts", got=f"{tuple(input_shape)} "
+                            f"({str(err).splitlines()[0]})", fix="pass a larger --input-size") from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    layers = []
+    spatial = tuple(input_shape[1:])
+    for layer in order:
+        module, out = records[layer]
+        tracked = mode.lookup(out) if isinstance(out, torch.Tensor) else None
+        if tracked is None:
+            continue
+        geometry = _geometry(mode.local_ops.get(layer))
+        layers.append(LayerField(layer, type(module).__name__, tuple(out.shape[1:]), tracked.field, spatial,
+                                 geometry))
+    return FieldReport(name or type(model).__name__, spatial, tuple(layers))
+
+
+def _geometry(ops) -> LayerGeometry | None:
+    """Kernel/stride/padding of the grid-changing operations inside one module, when they form one layer.
+
+    Paddings and 1x1 stride-1 operations compose with anything; a module holding two or more real kernels or
+    strides (a residual block, say) has no single kernel and gets None.
+    """
+    if not ops:
+        return None
+    real = [op for op in ops if any(a.size > 1 or a.stride > 1 for a in op[0])]
+    if len(real) > 1:
+        return None
+    kernel, dilation = (real[0][1], real[0][2]) if real else (ops[0][1], ops[0][2])
+    axes = list(ops[0][0])
+    for per_axis, _, _ in ops[1:]:
+        axes = [a.then(b.size, b.stride, b.padding) for a, b in zip(axes, per_axis)]
+    return LayerGeometry(tuple(kernel), tuple(a.stride for a in axes), tuple(a.padding for a in axes),
+                         tuple(dilation))

@@ -1,0 +1,152 @@
+"""PyTorch side of inner-node gradients: run the model only up to a layer, back-propagate chosen units.
+
+Example:
+    >>> from gradsight.adapters.torch_zoo import seed_cnn                         # doctest: +SKIP
+    >>> net = seed_cnn()                                                           # doctest: +SKIP
+    >>> x = np.random.default_rng(0).random((128, 128, 1), dtype=np.float32)      # doctest: +SKIP
+    >>> grads, values = unit_gradients(net, "L6", np.array([[0, 0, 0]]), x)       # doctest: +SKIP
+    >>> grads.shape                                                                # doctest: +SKIP
+    (1, 128, 128, 1)
+
+Units are (row, col, channel) of the layer's output. Arrays cross in channels-last layout, as for saliency.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import BadInputError, UnknownNameError
+from .torch import eval_mode
+
+
+class _Reached(Exception):
+    """Raised by a forward hook to stop the model once the layer of interest has run."""
+
+
+def resolve_module(model: nn.Module, layer) -> tuple[str, nn.Module]:
+    """(name, module) for a layer given by name, by module, or by index among the model's direct children."""
+    if isinstance(layer, nn.Module):
+        for name, module in model.named_modules():
+            if module is layer:
+                return name, module
+        raise BadInputError("layer", expected="a submodule of the model", got=type(layer).__name__)
+    if isinstance(layer, int) and not isinstance(layer, bool):
+        children = list(model.named_children())
+        if not -len(children) <= layer < len(children):
+            raise BadInputError("layer index", expected=f"0..{len(children) - 1} (the model's direct children: "
+                                f"{', '.join(n for n, _ in children[:8])}{'...' if len(children) > 8 else ''})",
+                                got=str(layer), fix="or give the layer's name")
+        return children[layer]
+    modules = dict(model.named_modules())
+    if layer in modules and layer != "":
+        return layer, modules[layer]
+    raise UnknownNameError("layer", str(layer), [n for n in modules if n])
+
+
+def layer_output(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of ``module`` when ``model`` runs on ``x``, stopping the model right after it."""
+    captured = []
+
+    def hook(mod, args, out):
+        captured.append(out)
+        raise _Reached
+
+    handle = module.register_forward_hook(hook)
+    try:
+        model(x)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise BadInputError("layer", expected="a module that runs in the model's forward pass",
+                            got="a module that never ran", fix="pick a layer from `gradsight rf MODEL`")
+    out = captured[0]
+    if not isinstance(out, torch.Tensor):
+        raise BadInputError("layer output", expected="a tensor", got=type(out).__name__)
+    return out
+
+
+def unit_gradients(model: nn.Module, layer, units: np.ndarray, inputs: np.ndarray,
+                   crop: tuple[tuple[int, int], ...] | None = None, batch_size: int = 32,
+                   unit_offset: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """d z[unit] / d input for each (row, col, channel) unit; one input (H, W, C) shared by all units.
+
+    With ``crop`` = ((row0, row1), (col0, col1)) only that part of the input is run (end exclusive) and the
+    units are shifted by ``unit_offset``; the gradients come back pasted into a full-size zero array.
+    """
+    name, module = resolve_module(model, layer)
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    full = torch.from_numpy(np.ascontiguousarray(inputs)).permute(2, 0, 1).to(device, dtype)
+    part = full if crop is None else full[(slice(None), *(slice(a, b) for a, b in crop))]
+    shift = np.zeros(3, dtype=np.int64) if unit_offset is None else np.array([*unit_offset, 0])
+    grads = np.zeros((len(units), *inputs.shape), dtype=np.float32 if dtype != torch.float64 else np.float64)
+    values = np.zeros(len(units))
+    with eval_mode(model), torch.enable_grad():
+        for start in range(0, len(units), batch_size):
+            chunk = units[start:start + batch_size] - shift
+            x = part.expand(len(chunk), *part.shape).clone().requires_grad_(True)
+            z = layer_output(model, module, x)
+            if z.ndim != 4:
+                raise BadInputError(f"layer {name!r}", expected="a feature map (N, channels, rows, cols)",
+                                    got=f"output of shape {tuple(z.shape)}", fix="pick a convolutional layer")
+            rows = torch.arange(len(chunk))
+            c, r, q = (torch.as_tensor(chunk[:, i]) for i in (2, 0, 1))
+            picked = z[rows, c, r, q]
+            (grad,) = torch.autograd.grad(picked.sum(), x)
+            block = grad.permute(0, 2, 3, 1).detach().cpu().numpy()
+            if crop is None:
+                grads[start:start + len(chunk)] = block
+            else:
+                grads[(slice(start, start + len(chunk)), *(slice(a, b) for a, b in crop))] = block
+            values[start:start + len(chunk)] = picked.detach().cpu().numpy()
+    return grads, values
+
+
+_LINEAR_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+                       nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus)
+
+
+def linearised_copy(model: nn.Module) -> nn.Module:
+    """A copy whose activations are identities and whose max-pools average: gradients then reach every pixel
+    a unit is wired to, whatever the input (no dead ReLUs, no max-pool routing)."""
+    clone = copy.deepcopy(model).eval()
+    for name, module in list(clone.named_modules()):
+        replacement = None
+        if isinstance(module, _LINEAR_ACTIVATIONS):
+            replacement = nn.Identity()
+        elif isinstance(module, nn.MaxPool2d):
+            replacement = nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode,
+                                       count_include_pad=True) if module.dilation in (1, (1, 1)) else None
+        if replacement is not None and name:
+            parent_name, _, child = name.rpartition(".")
+            setattr(clone.get_submodule(parent_name) if parent_name else clone, child, replacement)
+    return clone
+
+
+def support_map(model: nn.Module, layer, position: tuple[int, int], inputs: np.ndarray,
+                seed: int = 0) -> np.ndarray:
+    """Sum over inputs and channels of |d (sum_c w_c z[c, row, col]) / d input| with random w_c > 0.
+
+    ``inputs`` is (K, H, W, C); the result is (H, W). Its non-zero pixels are the measured receptive field.
+    """
+    name, module = resolve_module(model, layer)
+    gen = torch.Generator().manual_seed(seed)
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    x = torch.from_numpy(np.ascontiguousarray(inputs)).permute(0, 3, 1, 2).to(dtype).requires_grad_(True)
+    with eval_mode(model), torch.enable_grad():
+        z = layer_output(model, module, x)
+        if z.ndim != 4:
+            raise BadInputError(f"layer {name!r}", expected="a feature map (N, channels, rows, cols)",
+                                got=f"output of shape {tuple(z.shape)}")
+        weights = torch.rand(z.shape[1], generator=gen, dtype=z.dtype) + 0.5
+        picked = (z[:, :, position[0], position[1]] * weights).sum()
+        (grad,) = torch.autograd.grad(picked, x)
+    return grad.abs().sum(dim=(0, 1)).detach().cpu().numpy()

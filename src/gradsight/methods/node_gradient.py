@@ -1,0 +1,153 @@
+"""Inner-node gradients: d z[x, y, c] / d input for units of any layer, computed on only what they can see.
+
+Example:
+    >>> import gradsight
+    >>> g = gradsight.node_gradient("seed-cnn", "L6", (0, 0, 0))    # uniform [0, 1) input, seeded
+    >>> g.gradient.shape, g.rect                                      # unit (0, 0) of L6 sees rows/cols 0..23
+    ((128, 128, 1), ((0, 23), (0, 23)))
+
+Units are (x, y, c) as in the exercise's z[x, y, c]: x indexes rows (the first spatial axis), y columns.
+The model runs only up to the layer ("partial model"), and — when the unit's analytic receptive field is
+smaller than the input — only on the input window that covers it, chosen so that every layer's padding is the
+same as on the full input; the result equals the full computation (the tests check it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..adapters import is_framework_tensor
+from ..errors import BadInputError
+from ..receptive.report import LayerField
+from .fields import as_network, input_shape_for, receptive_field
+
+
+@dataclass(frozen=True, eq=False)
+class NodeGradients:
+    """Gradients of U units of one layer: ``gradients`` (U, H, W, C), ``units`` (U, 3) as (x, y, c)."""
+
+    gradients: np.ndarray
+    units: np.ndarray
+    values: np.ndarray
+    layer: str
+    field: LayerField
+    inputs: np.ndarray
+    cropped: bool
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    @property
+    def gradient(self) -> np.ndarray:
+        """The first (or only) unit's gradient, (H, W, C)."""
+        return self.gradients[0]
+
+    @property
+    def rect(self) -> tuple[tuple[int, int], ...]:
+        """The first unit's analytic input rectangle ((row0, row1), (col0, col1)), inclusive, clipped."""
+        return self.field.rect(tuple(int(u) for u in self.units[0][:2]))
+
+    def support_box(self, i: int = 0) -> tuple[tuple[int, int], ...] | None:
+        """Bounding box of the non-zero gradient of unit ``i`` (None: a dead unit, all gradients zero)."""
+        return support_box(np.abs(self.gradients[i]).sum(axis=-1))
+
+
+def support_box(values: np.ndarray) -> tuple[tuple[int, int], ...] | None:
+    """((row0, row1), (col0, col1)) of the non-zero entries of a 2-D map, inclusive; None if all are zero."""
+    nonzero = np.nonzero(values)
+    if len(nonzero[0]) == 0:
+        return None
+    return tuple((int(idx.min()), int(idx.max())) for idx in nonzero)
+
+
+def default_inputs(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """The exercise's input: uniform random in [0, 1), as (rows, cols, channels) float32."""
+    channels, *size = shape
+    return np.random.default_rng(seed).random((*size, channels), dtype=np.float32)
+
+
+def crop_window(field: LayerField, unit: tuple[int, int]) -> tuple[tuple[int, int], ...] | None:
+    """Input window [start, end) per axis that reproduces ``unit`` exactly, or None to use the whole input.
+
+    The window starts at a multiple of the effective stride S (so the unit grid stays aligned) and its length
+    is congruent to the input length modulo S (so 'same' paddings, which depend on the size, do not change).
+    """
+    if field.field.axes is None or not field.aligned or any(len(c) != 1 for c in field.field.axes):
+        return None
+    window = []
+    for (first, last), comps, length in zip(field.rect(unit), field.field.axes, field.input_size):
+        stride = comps[0].stride
+        start = (first // stride) * stride
+        span = last + 1 - start
+        span += (length - start - span) % stride
+        window.append((start, start + span))
+    if np.prod([b - a for a, b in window]) > 0.5 * np.prod(field.input_size):
+        return None  # not worth it
+    return tuple(window)
+
+
+def _as_inputs(inputs, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    if inputs is None:
+        return default_inputs(shape, seed)
+    if is_framework_tensor(inputs):
+        from ..adapters.torch import to_input_array
+
+        inputs = to_input_array(inputs)[0]
+    array = np.asarray(inputs, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise BadInputError("input", expected="one input (rows, cols, channels)", got=f"shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise BadInputError("input", expected="finite values", got="NaN or infinite values")
+    return array
+
+
+def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | None = None, inputs=None,
+                   seed: int = 0, crop: bool = True, batch_size: int = 32) -> NodeGradients:
+    """Gradients of many units of ``layer`` w.r.t. one input.
+
+    ``units``: a list of (x, y, c); or None with ``channel=c`` for every position of channel c (channel 0
+    when both are None). ``inputs``: (rows, cols, channels) array or tensor; default uniform [0, 1), ``seed``.
+    """
+    from ..adapters.torch_units import resolve_module, unit_gradients
+
+    network = as_network(model)
+    array = _as_inputs(inputs, input_shape_for(network, None), seed) if inputs is not None else None
+    shape = (array.shape[2], *array.shape[:2]) if array is not None else input_shape_for(network, None)
+    if array is None:
+        array = default_inputs(shape, seed)
+    report = receptive_field(network, shape[1:])
+    name, _ = resolve_module(network.module, layer)
+    field = report[name]
+    channels = field.output_shape[0]
+    if units is None:
+        c = 0 if channel is None else int(channel)
+        rows, cols = field.spatial_shape
+        units = [(x, y, c) for x in range(rows) for y in range(cols)]
+    table = np.asarray(units, dtype=np.int64).reshape(-1, 3)
+    for x, y, c in table:
+        field.check_unit((int(x), int(y)))
+        if not 0 <= c < channels:
+            raise BadInputError(f"channel of layer {name!r}", expected=f"0..{channels - 1}", got=str(int(c)))
+    if crop and len(table) == 1:
+        window = crop_window(field, (int(table[0][0]), int(table[0][1])))
+    else:
+        window = None
+    offset = None
+    if window is not None:
+        strides = [comps[0].stride for comps in field.field.axes]
+        offset = tuple(start // s for (start, _), s in zip(window, strides))
+    grads, values = unit_gradients(network.module, name, table, array, window, batch_size, offset)
+    return NodeGradients(grads, table, values, name, field, array, window is not None)
+
+
+def node_gradient(model: Any, layer: Any, unit: tuple[int, int, int], inputs=None, *, seed: int = 0,
+                  crop: bool = True) -> NodeGradients:
+    """d z[x, y, c] / d input for one unit (see the module docstring); ``.gradient`` is (H, W, C)."""
+    if len(tuple(unit)) != 3:
+        raise BadInputError("unit", expected="(x, y, c): row, column, channel", got=repr(unit))
+    return node_gradients(model, layer, [tuple(unit)], inputs=inputs, seed=seed, crop=crop)
