@@ -43,7 +43,11 @@ class UnknownNameError(GradsightError, KeyError):
     def __init__(self, kind: str, name: str, known: Iterable[str], fix: str = ""):
         known = sorted(set(known))
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else fix
+        if close:
+            hint = f"did you mean {', '.join(repr(c) for c in close)}?"
+        else:
+            sample = ", ".join(repr(k) for k in known[:8]) + (", ..." if len(known) > 8 else "")
+            hint = f"known names include {sample}" + (f"; {fix}" if fix else "")
         message = _sentence(f"unknown {kind} {name!r}", f"one of {len(known)} known {kind} names", repr(name), hint)
         super().__init__(message)
         self.name, self.suggestions = name, close

@@ -25,6 +25,8 @@ from ..receptive.algebra import AxisField, Field, LayerGeometry
 from ..receptive.report import FieldReport, LayerField
 from .torch import eval_mode
 
+ROOT = "(model)"  # the name under which the whole model's output is reported
+
 
 class UnsupportedGeometryError(GradsightError, NotImplementedError):
     """The model runs an operation whose effect on the pixel grid gradsight does not know."""
@@ -77,7 +79,7 @@ class _FieldMode(TorchDispatchMode):
             self.tracked[id(tensor)] = _Tracked(tensor, field, dims)
 
     def where(self) -> str:
-        return self.stack[-1] if self.stack else "<model>"
+        return (self.stack[-1] if self.stack else "") or ROOT
 
     def refuse(self, func, reason: str):
         raise UnsupportedGeometryError(
@@ -195,6 +197,13 @@ class _FieldMode(TorchDispatchMode):
             self.refuse(func, "its effect on the pixel grid is unknown to gradsight")
 
     def apply_layer(self, src: _Tracked, outs, kernel, stride, padding, dilation) -> None:
+        if src.field.axes is not None and all(c == (AxisField(),) for c in src.field.axes):
+            sizes = [src.tensor.shape[d] for d in src.dims]
+            reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+            if any(n < r for n, r in zip(sizes, reach)):
+                raise BadInputError("input size", expected=f"at least {' x '.join(map(str, reach))} pixels, the "
+                                    f"extent of the first kernel (module {self.where()!r})",
+                                    got=" x ".join(map(str, sizes)), fix="pass a larger input size")
         self.note_local(tuple(AxisField().then(k, s, p, d) for k, s, p, d in zip(kernel, stride, padding, dilation)),
                         kernel, dilation)
         self.same(outs, src.field.then(kernel, stride, padding, dilation), src.dims)
@@ -266,8 +275,8 @@ def trace_fields(model: nn.Module, input_shape: tuple[int, ...] | None = None,
         stack.append(names.get(module, "?"))
 
     def post(module, args, out):
-        layer = stack.pop() if stack else "?"
-        if layer and layer not in records:
+        layer = (stack.pop() if stack else "?") or ROOT
+        if layer not in records:
             records[layer] = (module, out)
             order.append(layer)
 
@@ -279,11 +288,11 @@ def trace_fields(model: nn.Module, input_shape: tuple[int, ...] | None = None,
             mode.track(x, Field.identity(len(input_shape) - 1), tuple(range(2, x.ndim)))
             with mode:
                 model(x)
+    except GradsightError:
+        raise
     except RuntimeError as err:
-        if isinstance(err, GradsightError):
-            raise
-        raise BadInputError("input size", expected=f"an input the model accepts", got=f"{tuple(input_shape)} "
-                            f"({str(err).splitlines()[0]})", fix="pass a larger --input-size") from None
+        raise BadInputError("input size", expected="an input the model accepts", got=f"{tuple(input_shape)} "
+                            f"({str(err).splitlines()[0]})", fix="check the input size and channels") from None
     finally:
         for handle in handles:
             handle.remove()

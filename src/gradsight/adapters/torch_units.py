@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import BadInputError, UnknownNameError
 from .torch import eval_mode
+from .torch_fields import ROOT
 
 
 class _Reached(Exception):
@@ -41,6 +42,8 @@ def resolve_module(model: nn.Module, layer) -> tuple[str, nn.Module]:
                                 f"{', '.join(n for n, _ in children[:8])}{'...' if len(children) > 8 else ''})",
                                 got=str(layer), fix="or give the layer's name")
         return children[layer]
+    if layer == ROOT:
+        return ROOT, model
     modules = dict(model.named_modules())
     if layer in modules and layer != "":
         return layer, modules[layer]

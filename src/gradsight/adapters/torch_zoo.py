@@ -74,4 +74,5 @@ def seed_cnn(padding: str = "same", seed: int = 0, classes: int = 10) -> nn.Modu
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(module.weight, generator=generator)
             nn.init.zeros_(module.bias)
+    net.gradsight_input_shape = SEED_INPUT  # (channels, rows, cols) it is meant for
     return net

@@ -29,9 +29,20 @@ def as_network(model: Any) -> LoadedModel:
         return build_torch_network(model)
     if isinstance(model, LoadedModel):
         return model
+    from ..models.spec import ModelSpec
     from .saliency import as_loaded_model
 
-    return as_loaded_model(model)
+    loaded = as_loaded_model(model)
+    # A module may say what it is meant for (gradsight's seed CNNs do); otherwise its first convolution's
+    # channels at 224 x 224.
+    shape = getattr(model, "gradsight_input_shape", None)
+    if shape is None:
+        from ..adapters.torch_fields import _first_conv_channels
+
+        shape = (_first_conv_channels(model), 224, 224)
+    spec = loaded.spec
+    return LoadedModel(model, ModelSpec(spec.name, spec.framework, spec.preprocess, spec.class_names,
+                                        spec.weights, tuple(shape)))
 
 
 def input_shape_for(network: LoadedModel, input_size: tuple[int, ...] | None) -> tuple[int, ...]:

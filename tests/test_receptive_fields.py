@@ -1,0 +1,188 @@
+"""Analytic receptive fields: closed forms written as arithmetic, published numbers, and the tracer's rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import gradsight
+from gradsight.adapters.torch_fields import UnsupportedGeometryError, trace_fields
+from gradsight.adapters.torch_zoo import seed_cnn
+from gradsight.receptive.algebra import AxisField, chain_field
+
+KERNELS = (5, 5, 3, 3, 3, 3)
+STRIDES = (1, 2, 1, 2, 1, 2)
+
+
+def test_closed_form_of_the_seed_cnn():
+    # r_L = 1 + sum_l (k_l - 1) * prod_{i<l} s_i
+    expected_r = [
+        1 + 4,
+        1 + 4 + 4 * 1,
+        1 + 4 + 4 * 1 + 2 * 2,
+        1 + 4 + 4 * 1 + 2 * 2 + 2 * 2,
+        1 + 4 + 4 * 1 + 2 * 2 + 2 * 2 + 2 * 4,
+        1 + 4 + 4 * 1 + 2 * 2 + 2 * 2 + 2 * 4 + 2 * 4,
+    ]
+    assert expected_r == [5, 9, 13, 17, 25, 33]
+    for depth in range(1, 7):
+        field = chain_field(zip(KERNELS[:depth], STRIDES[:depth]))
+        assert field.size == expected_r[depth - 1]
+        assert field.stride == [1, 2, 2, 4, 4, 8][depth - 1]
+
+
+@pytest.mark.parametrize(("padding", "lefts", "corner_last"), [
+    ("same", (2, 1, 1, 0, 1, 0), 23),   # TF: p_left = floor((k - s) / 2)
+    ("torch", (2, 2, 1, 1, 1, 1), 16),  # PyTorch: k // 2 on both sides
+])
+def test_seed_cnn_traced_equals_closed_form(padding, lefts, corner_last):
+    report = gradsight.receptive_field("seed-cnn" if padding == "same" else "seed-cnn-torch")
+    product, total_padding = 1, 0
+    for i, (k, s, p) in enumerate(zip(KERNELS, STRIDES, lefts), start=1):
+        total_padding += p * product  # P = sum_l p_l * prod_{i<l} s_i
+        product *= s
+        layer = report[f"L{i}"]
+        assert layer.padding == (total_padding,) * 2
+        assert layer.stride == (product,) * 2
+        assert layer.geometry.kernel == (k, k) and layer.geometry.stride == (s, s)
+    assert total_padding == (9 if padding == "same" else 16)
+    # node (0, 0) of L6 sees rows/cols 0 .. -P + r - 1 = corner_last, clipped at 0
+    assert report["L6"].rect((0, 0)) == ((0, -total_padding + 33 - 1),) * 2 == ((0, corner_last),) * 2
+
+
+def test_published_receptive_fields():
+    # Araujo, Norris & Sim (Distill 2019), Table 1: VGG16 r=212 S=32 P=90; AlexNet r=195 S=32;
+    # ResNet-50 (v1: stride in the first 1x1 conv) r=483 S=32; Inception v3 r=1311 S=32 P=618.
+    vgg = trace_fields(torchvision.models.vgg16().features, (3, 224, 224)).layers[-1]
+    assert (vgg.size, vgg.stride, vgg.padding) == ((212, 212), (32, 32), (90, 90))
+    alex = trace_fields(torchvision.models.alexnet().features, (3, 224, 224)).layers[-1]
+    assert (alex.size, alex.stride) == ((195, 195), (32, 32))
+    resnet = torchvision.models.resnet50()
+    for stage in (resnet.layer2, resnet.layer3, resnet.layer4):
+        stage[0].conv1.stride, stage[0].conv2.stride = (2, 2), (1, 1)
+    v1 = trace_fields(resnet, (3, 224, 224))["layer4"]
+    assert (v1.size, v1.stride) == ((483, 483), (32, 32))
+    inception = trace_fields(torchvision.models.inception_v3(init_weights=False, aux_logits=False), (3, 299, 299))
+    last = inception["Mixed_7c"]
+    assert (last.size, last.stride, last.padding) == ((1311, 1311), (32, 32), (618, 618))
+    assert last.aligned
+
+
+def test_torchvision_resnet50_is_v1_5_with_visible_arithmetic():
+    report = gradsight.receptive_field(torchvision.models.resnet50(), (224, 224))
+    # conv1 7/2 -> 1 + 6 = 7; maxpool 3/2 at S=2 -> 7 + 2*2 = 11; layer1: 3 blocks of 3x3 at S=4 -> 11 + 3*2*4
+    r1 = 1 + 6 + 2 * 2 + 3 * 2 * 4
+    # v1.5: the stride sits in each stage's first 3x3 conv, applied at the stage's incoming stride
+    r2 = r1 + 2 * 4 + 3 * 2 * 8
+    r3 = r2 + 2 * 8 + 5 * 2 * 16
+    r4 = r3 + 2 * 16 + 2 * 2 * 32
+    assert [report[n].size[0] for n in ("layer1", "layer2", "layer3", "layer4")] == [r1, r2, r3, r4]
+    assert report["layer4"].size == (427, 427) and report["layer4"].stride == (32, 32)
+    assert report["avgpool"].is_global and report["fc"].is_global
+
+
+def test_dilation_enters_as_effective_kernel():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=2, dilation=2), nn.Conv2d(2, 2, 3, stride=2, dilation=3),
+                        nn.MaxPool2d(3, stride=1, dilation=2))
+    report = trace_fields(net, (1, 64, 64))
+    # k' = d (k - 1) + 1: 5, then 7 at stride 1, then 5 at stride 2
+    assert report["0"].size == (5, 5)
+    assert report["1"].size == (5 + (7 - 1) * 1,) * 2
+    assert report["2"].size == (5 + 6 + (5 - 1) * 2,) * 2
+    assert report["1"].geometry.dilation == (3, 3)
+
+
+def test_rectangular_kernels_and_asymmetric_padding():
+    net = nn.Sequential(nn.ZeroPad2d((3, 0, 1, 2)), nn.Conv2d(1, 1, (3, 5), stride=(1, 2)))
+    layer = trace_fields(net, (1, 20, 30))["1"]
+    assert layer.size == (3, 5) and layer.stride == (1, 2) and layer.padding == (1, 3)
+
+
+def test_misaligned_paths_are_reported():
+    class TwoPaths(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(1, 1, 3, padding=1)
+            self.b = nn.Sequential(nn.Conv2d(1, 1, 3), nn.ZeroPad2d((2, 0, 2, 0)))  # same size, shifted by one
+
+        def forward(self, x):
+            return self.a(x) + self.b(x)
+
+    net = TwoPaths()
+    report = trace_fields(net, (1, 16, 16))
+    assert report["a"].aligned and report["b"].aligned
+    whole = report["(model)"]
+    assert not whole.aligned and "centred at" in whole.field.misaligned
+    # the rectangle is the union of both paths: [u - 1, u + 1] and [u - 2, u]
+    assert whole.rect((8, 8)) == ((6, 9), (6, 9))
+
+
+def test_concatenation_and_residual_take_the_larger_field():
+    class Inception(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.small = nn.Conv2d(1, 2, 1)
+            self.big = nn.Conv2d(1, 2, 5, padding=2)
+
+        def forward(self, x):
+            return torch.cat([self.small(x), self.big(x)], dim=1) + x
+
+    layer = trace_fields(Inception(), (1, 12, 12)).layers[-1]
+    assert layer.size == (5, 5) and layer.aligned
+
+
+def test_unknown_geometry_is_refused_by_name():
+    class Upsampler(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+            self.up = nn.Upsample(scale_factor=2)
+
+        def forward(self, x):
+            return self.up(self.conv(x))
+
+    with pytest.raises(UnsupportedGeometryError) as info:
+        trace_fields(Upsampler(), (1, 16, 16))
+    assert "'up'" in str(info.value) and "upsample" in str(info.value)
+
+
+def test_input_smaller_than_the_kernel_is_one_clear_error():
+    with pytest.raises(gradsight.BadInputError, match="input size"):
+        trace_fields(seed_cnn("torch"), (1, 3, 3))
+
+
+def test_coordinate_round_trip_unit_centre_unit():
+    for name in ("seed-cnn", "seed-cnn-torch"):
+        report = gradsight.receptive_field(name)
+        for layer in report.rows():
+            if layer.is_global:
+                continue
+            rows, cols = layer.spatial_shape
+            for unit in [(0, 0), (rows // 2, cols // 3), (rows - 1, cols - 1)]:
+                assert layer.unit_at(layer.centre(unit)) == unit
+
+
+def test_axis_field_maps_both_ways():
+    field = AxisField().then(3, 2, 1).then(3, 2, 1)
+    assert (field.size, field.stride, field.padding) == (7, 4, 3)
+    assert field.span(5) == (5 * 4 - 3, 5 * 4 - 3 + 7 - 1)
+    assert field.unit_at(field.centre(5)) == 5
+
+
+def test_train_mode_batchnorm_is_traced_in_eval_mode_and_restored():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).train()
+    before = net[1].running_mean.clone()
+    report = trace_fields(net, (1, 8, 8))
+    assert report["1"].size == (3, 3)
+    assert net.training and net[1].training and torch.equal(net[1].running_mean, before)
+
+
+def test_analytic_fields_of_resnet50_are_fast_enough_to_be_interactive():
+    # Not a timing test (timings live in bench/); this keeps the tracer on a single forward pass.
+    calls = []
+    net = torchvision.models.resnet50()
+    net.register_forward_pre_hook(lambda m, a: calls.append(1))
+    trace_fields(net, (3, 224, 224))
+    assert len(calls) == 1
