@@ -75,6 +75,100 @@ assert ratio < 0.2"""),
 ]
 
 
+NODE_GRADIENTS = [
+    ("md", """# Task 2 — gradients of inner nodes
+
+Take a unit $z_{x,y,c}$ of an intermediate layer (row $x$, column $y$, channel $c$) and ask which input pixels
+it depends on: the gradient $\\partial z_{x,y,c} / \\partial \\text{input}$. The seed CNN has six convolutions
+L1..L6 (kernels 5,5,3,3,3,3; strides 1,2,1,2,1,2) on a 128 x 128 x 1 input, untrained (Keras-style
+Glorot-uniform weights, seeded). The input is uniform random in [0, 1), as in the exercise."""),
+    ("code", """import numpy as np
+
+import gradsight
+from gradsight.plotting_fields import field_grid_figure, strongest_units
+
+g = gradsight.node_gradient("seed-cnn", "L6", (0, 0, 0))     # TF/Keras padding='same'
+print("z =", g.values[0], "  gradient shape", g.gradient.shape)
+print("non-zero gradient in rows/cols:", g.support_box())"""),
+    ("md", """The model is run only up to L6 (a *partial model*), and only on the input window the unit can see —
+gradsight picks a window that leaves every padding unchanged, so the result is exactly the full computation:"""),
+    ("code", """full = gradsight.node_gradient("seed-cnn", "L6", (0, 0, 0), crop=False)
+print("cropped run:", g.cropped, "  largest difference to the full run:", np.abs(g.gradient - full.gradient).max())
+assert np.array_equal(g.gradient != 0, full.gradient != 0)"""),
+    ("md", """## The picture: `gradient_L6.png`
+A logarithmic colour scale keeps tiny gradients visible; exact zeros are blue. The dashed rectangle is the
+analytic receptive field (Task 3) — the gradient fills it exactly."""),
+    ("code", """figure = gradsight.node_gradient_figure(g, model_name="(seed-cnn, TF 'same')")
+figure.savefig("gradient_L6.png", dpi=100)
+figure"""),
+    ("md", """## Padding conventions change what border units see
+TensorFlow's `same` puts the extra pixel bottom/right, so unit (0, 0) of L6 sees rows/cols 0..23; PyTorch's
+symmetric `k//2` padding shifts the field up-left, and the same unit sees 0..16."""),
+    ("code", """for name in ("seed-cnn", "seed-cnn-torch"):
+    unit = gradsight.node_gradient(name, "L6", (0, 0, 0))
+    print(f"{name:15s} unit (0, 0, 0) of L6 sees {unit.rect}, gradient non-zero on {unit.support_box()}")"""),
+    ("md", """## L1..L6 side by side
+For each layer, the centre unit of its channel with the largest gradient (a unit whose ReLU is off for this
+input has no gradient at all — a *dead* unit — so we show a living one)."""),
+    ("code", """units = strongest_units("seed-cnn", [f"L{i}" for i in range(1, 7)], "centre")
+field_grid_figure(units, title="seed-cnn (TF 'same'): centre units of L1..L6")"""),
+]
+
+RECEPTIVE_FIELD = [
+    ("md", """# Task 3 — the receptive field, by formula and by measurement
+
+For a chain of layers $l = 1..L$ with kernel $k_l$, stride $s_l$, left padding $p_l$ and dilation $d_l$, write
+$k'_l = d_l (k_l - 1) + 1$. A unit of layer $L$ sees
+
+$$r_L = 1 + \\sum_{l=1}^{L} (k'_l - 1) \\prod_{i<l} s_i$$
+
+input pixels along each axis, with effective stride $S_L = \\prod_l s_l$ and effective padding
+$P_L = \\sum_l p_l \\prod_{i<l} s_i$. Unit $u$ sees input rows $[u S_L - P_L,\\; u S_L - P_L + r_L - 1]$,
+clipped to the image.
+
+*Why:* going back one layer, each unit of layer $l$ covers $k'_l$ units of layer $l-1$, which sit
+$\\prod_{i<l} s_i$ input pixels apart; so the field grows by $(k'_l - 1) \\prod_{i<l} s_i$ per layer.
+Padding shifts where the field starts but not its size."""),
+    ("code", """import gradsight
+
+kernels, strides = (5, 5, 3, 3, 3, 3), (1, 2, 1, 2, 1, 2)
+r, S = 1, 1
+for layer, (k, s) in enumerate(zip(kernels, strides), start=1):
+    r, S = r + (k - 1) * S, S * s
+    print(f"L{layer}: r = {r:2d}, S = {S}")
+assert r == 33 and S == 8
+assert gradsight.chain_field(zip(kernels, strides)).size == 33"""),
+    ("md", """## The same numbers, read off the model itself
+`gradsight.receptive_field` traces the model once and applies the formula at every operation — also through
+residual additions and concatenations, where the largest field wins and misaligned paths are reported."""),
+    ("code", """for name, paddings in (("seed-cnn", (2, 1, 1, 0, 1, 0)), ("seed-cnn-torch", (2, 2, 1, 1, 1, 1))):
+    report = gradsight.receptive_field(name)
+    P, S = 0, 1
+    for i, (p, s) in enumerate(zip(paddings, strides), start=1):
+        P, S = P + p * S, S * s
+        layer = report[f"L{i}"]
+        assert layer.padding == (P, P) and layer.stride == (S, S)
+    print(f"{name:15s} L6: r = {report['L6'].size}, S = {report['L6'].stride}, P = {report['L6'].padding}, "
+          f"unit (0, 0) sees {report['L6'].rect((0, 0))}")"""),
+    ("md", """## Validation against measured gradients, for every layer
+The measured field of a unit is the set of pixels with a non-zero gradient. To avoid dead ReLUs and max-pool
+routing hiding pixels, gradsight measures a copy whose activations are identities (pass-through gradients)."""),
+    ("code", """for name in ("seed-cnn", "seed-cnn-torch"):
+    checks = gradsight.compare_fields(name, units=("centre", "corner", "far-corner"))
+    for check in checks:
+        assert check.agree, check
+    print(f"{name}: analytic = measured for all {len(checks)} units of L1..L6")
+check = checks[-1]
+print("e.g.", check.layer, check.unit, "analytic", check.analytic, "measured", check.measured)"""),
+    ("md", """## The effective receptive field (Luo et al., 2016)
+Inside the rectangle the gradient is far from uniform: it concentrates near the centre."""),
+    ("code", """erf = gradsight.effective_receptive_field("seed-cnn-torch", "L6", samples=8)
+for fraction in (0.5, 0.9, 1.0):
+    print(f"{fraction:.0%} of the gradient mass lies within radius {erf.radius(fraction):.1f} px of the centre")
+assert erf.radius(0.5) < 16 < erf.radius(1.0)"""),
+]
+
+
 def build(cells) -> nbformat.NotebookNode:
     notebook = new_notebook()
     notebook.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells]
@@ -86,6 +180,8 @@ def main() -> None:
     folder = Path(__file__).resolve().parent.parent / "notebooks"
     folder.mkdir(exist_ok=True)
     nbformat.write(build(SALIENCY), folder / "01_saliency.ipynb")
+    nbformat.write(build(NODE_GRADIENTS), folder / "02_inner_node_gradients.ipynb")
+    nbformat.write(build(RECEPTIVE_FIELD), folder / "03_receptive_field.ipynb")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,124 @@ def _parser() -> argparse.ArgumentParser:
     sal.add_argument("--batch-size", type=int, default=8, help="images per gradient pass (default: 8)")
     sal.add_argument("--plain", action="store_true", help="skip the BatchNorm-folded fast path")
     sal.set_defaults(run=_run_saliency)
+
+    rf = commands.add_parser("rf", help="receptive field of every layer (analytic; --measure checks it)",
+                             description="Per-layer receptive fields: size, effective stride and padding.")
+    rf.add_argument("model", help="seed-cnn, seed-cnn-torch, a torchvision/timm name, or package.module:factory")
+    rf.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input rows and columns")
+    rf.add_argument("--depth", type=int, default=1, help="list modules nested this deep (default: 1)")
+    rf.add_argument("--all", action="store_true", help="list every module")
+    rf.add_argument("--measure", action="store_true", help="also measure centre and corner units from gradients")
+    rf.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rf.set_defaults(run=_run_rf)
+
+    node = commands.add_parser("node", help="picture of d z[x, y, c] / d input for one unit of a layer",
+                               description="Inner-node gradient of one unit, with its analytic field drawn.")
+    node.add_argument("model", help="seed-cnn, seed-cnn-torch, a torchvision/timm name, or package.module:factory")
+    node.add_argument("--layer", required=True, help="layer name (see `gradsight rf MODEL`) or child index")
+    node.add_argument("--unit", type=int, nargs=3, required=True, metavar=("X", "Y", "C"),
+                      help="row, column and channel of the unit, as in z[x, y, c]")
+    node.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input rows and columns")
+    node.add_argument("--seed", type=int, default=0, help="seed of the uniform [0, 1) input (default: 0)")
+    node.add_argument("--out", type=Path, default=Path("gradient.png"), help="PNG to write")
+    node.set_defaults(run=_run_node)
     return parser
+
+
+def _layer_arg(text: str, names: list[str]):
+    if text in names:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _fmt(values) -> str:
+    return "global" if values is None else "x".join(str(v) for v in values)
+
+
+def _run_rf(args) -> int:
+    import json
+
+    from .methods.fields import as_network, input_shape_for, receptive_field
+    from .methods.measured_field import compare_fields
+
+    network = as_network(args.model)
+    shape = input_shape_for(network, args.input_size)
+    report = receptive_field(network, shape[1:])
+    rows = report.rows(None if args.all else args.depth)
+    checks = {}
+    if args.measure:
+        for check in compare_fields(network, shape[1:], layers=[r.name for r in rows]):
+            checks.setdefault(check.layer, []).append(check)
+    if args.json:
+        data = report.as_dict()
+        data["layers"] = [row.as_dict() for row in rows]
+        for entry in data["layers"]:
+            if entry["name"] in checks:
+                entry["measured"] = [{"unit": list(c.unit), "analytic": c.analytic, "measured": c.measured,
+                                      "agree": c.agree} for c in checks[entry["name"]]]
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{report.model_name}: input {shape[0]} x {shape[1]} x {shape[2]} (channels x rows x cols)")
+    header = f"{'layer':24s} {'kind':18s} {'output':>14s} {'kernel':>7s} {'stride':>6s} {'RF':>9s} " \
+             f"{'eff.stride':>10s} {'eff.pad':>8s}"
+    print(header + ("  measured (centre, corner)" if args.measure else ""))
+    disagree = 0
+    for row in rows:
+        g = row.geometry
+        line = (f"{row.name[:24]:24s} {row.kind[:18]:18s} {_fmt(row.output_shape):>14s} "
+                f"{_fmt(g.kernel) if g else '-':>7s} {_fmt(g.stride) if g else '-':>6s} {_fmt(row.size):>9s} "
+                f"{_fmt(row.stride) if row.stride else '-':>10s} {_fmt(row.padding) if row.padding else '-':>8s}")
+        if not row.aligned:
+            line += "  misaligned"
+        if row.name in checks:
+            marks = []
+            for c in checks[row.name]:
+                marks.append("dead" if c.dead else ("=" if c.agree else f"!= {c.measured}"))
+                disagree += not c.agree
+            line += "  " + ", ".join(marks)
+        print(line)
+    misaligned = [row for row in rows if not row.aligned]
+    if misaligned:
+        print(f"\nmisaligned paths: {misaligned[0].field.misaligned}")
+    if args.measure:
+        total = sum(len(v) for v in checks.values())
+        print(f"\nmeasured vs analytic: {total - disagree} of {total} units agree")
+    return 0
+
+
+def _run_node(args) -> int:
+    import io
+
+    from .adapters.torch_units import resolve_module
+    from .methods.fields import as_network, input_shape_for
+    from .methods.node_gradient import default_inputs, node_gradient
+    from .outputs import write_atomic
+    from .plotting_fields import node_gradient_figure
+
+    network = as_network(args.model)
+    shape = input_shape_for(network, args.input_size)
+    names = [n for n, _ in network.module.named_modules() if n]
+    name, _ = resolve_module(network.module, _layer_arg(args.layer, names))
+    result = node_gradient(network, name, tuple(args.unit), default_inputs(shape, args.seed))
+    buffer = io.BytesIO()
+    node_gradient_figure(result, model_name=f"({network.name})").savefig(buffer, format="png", dpi=100)
+    if args.out.parent and not args.out.parent.exists():
+        from .errors import BadInputError
+
+        raise BadInputError(f"output {str(args.out)!r}", expected="a file in an existing folder",
+                            got="a missing folder", fix="create the folder first")
+    write_atomic(args.out, buffer.getvalue())
+    (r0, r1), (c0, c1) = result.rect
+    box = result.support_box()
+    print(f"{network.name} {name}[x={args.unit[0]}, y={args.unit[1]}, c={args.unit[2]}] = {result.values[0]:.6g}")
+    print(f"analytic field: rows {r0}..{r1}, cols {c0}..{c1}")
+    print("measured support: " + ("none - the unit is dead on this input (try another --seed)" if box is None
+                                  else f"rows {box[0][0]}..{box[0][1]}, cols {box[1][0]}..{box[1][1]}"))
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _run_saliency(args) -> int:

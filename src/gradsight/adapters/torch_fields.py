@@ -67,6 +67,8 @@ class _FieldMode(TorchDispatchMode):
         self.tracked: dict[int, _Tracked] = {}
         self.stack = stack
         self.local_ops: dict[str, list[tuple[AxisField, ...]]] = {}
+        self.input_sizes: tuple[int, ...] = ()
+        self.first_kernel_seen = False
 
     def lookup(self, value) -> _Tracked | None:
         if not isinstance(value, torch.Tensor):
@@ -197,9 +199,10 @@ class _FieldMode(TorchDispatchMode):
             self.refuse(func, "its effect on the pixel grid is unknown to gradsight")
 
     def apply_layer(self, src: _Tracked, outs, kernel, stride, padding, dilation) -> None:
-        if src.field.axes is not None and all(c == (AxisField(),) for c in src.field.axes):
-            sizes = [src.tensor.shape[d] for d in src.dims]
-            reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+        reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+        if not self.first_kernel_seen and any(r > 1 for r in reach):
+            self.first_kernel_seen = True
+            sizes = self.input_sizes
             if any(n < r for n, r in zip(sizes, reach)):
                 raise BadInputError("input size", expected=f"at least {' x '.join(map(str, reach))} pixels, the "
                                     f"extent of the first kernel (module {self.where()!r})",
@@ -266,6 +269,7 @@ def trace_fields(model: nn.Module, input_shape: tuple[int, ...] | None = None,
     x = torch.rand((1, *input_shape), dtype=dtype, device=device)
     stack: list[str] = []
     mode = _FieldMode(stack)
+    mode.input_sizes = tuple(input_shape[1:])
     records: dict[str, tuple[nn.Module, object]] = {}
     order: list[str] = []
     handles = []

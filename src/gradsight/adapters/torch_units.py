@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import BadInputError, UnknownNameError
-from .torch import eval_mode
+from .torch import eval_mode, folded_copy
 from .torch_fields import ROOT
 
 
@@ -76,11 +76,13 @@ def layer_output(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.
 
 def unit_gradients(model: nn.Module, layer, units: np.ndarray, inputs: np.ndarray,
                    crop: tuple[tuple[int, int], ...] | None = None, batch_size: int = 32,
-                   unit_offset: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   unit_offset: tuple[int, ...] | None = None, fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """d z[unit] / d input for each (row, col, channel) unit; one input (H, W, C) shared by all units.
 
     With ``crop`` = ((row0, row1), (col0, col1)) only that part of the input is run (end exclusive) and the
     units are shifted by ``unit_offset``; the gradients come back pasted into a full-size zero array.
+    ``fast`` runs the BatchNorm-folded copy of the model used for saliency (unless the layer is a convolution
+    whose BatchNorm was folded into it, whose output would then differ).
     """
     name, module = resolve_module(model, layer)
     param = next(model.parameters(), None)
@@ -92,9 +94,12 @@ def unit_gradients(model: nn.Module, layer, units: np.ndarray, inputs: np.ndarra
     grads = np.zeros((len(units), *inputs.shape), dtype=np.float32 if dtype != torch.float64 else np.float64)
     values = np.zeros(len(units))
     with eval_mode(model), torch.enable_grad():
+        runner = folded_copy(model, full[None]) if fast else None
+        if runner is not None and name not in runner.gradsight_folded_convs:
+            model, module = runner, (runner if name == ROOT else runner.get_submodule(name))
         for start in range(0, len(units), batch_size):
             chunk = units[start:start + batch_size] - shift
-            x = part.expand(len(chunk), *part.shape).clone().requires_grad_(True)
+            x = part.expand(len(chunk), *part.shape).clone(memory_format=torch.channels_last).requires_grad_(True)
             z = layer_output(model, module, x)
             if z.ndim != 4:
                 raise BadInputError(f"layer {name!r}", expected="a feature map (N, channels, rows, cols)",

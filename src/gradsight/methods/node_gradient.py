@@ -107,11 +107,12 @@ def _as_inputs(inputs, shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 
 def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | None = None, inputs=None,
-                   seed: int = 0, crop: bool = True, batch_size: int = 32) -> NodeGradients:
+                   seed: int = 0, crop: bool = True, fast: bool = True, batch_size: int = 32) -> NodeGradients:
     """Gradients of many units of ``layer`` w.r.t. one input.
 
     ``units``: a list of (x, y, c); or None with ``channel=c`` for every position of channel c (channel 0
     when both are None). ``inputs``: (rows, cols, channels) array or tensor; default uniform [0, 1), ``seed``.
+    ``crop``: run only the input window the unit sees (single units); ``fast``: fold BatchNorm as for saliency.
     """
     from ..adapters.torch_units import resolve_module, unit_gradients
 
@@ -141,13 +142,13 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
     if window is not None:
         strides = [comps[0].stride for comps in field.field.axes]
         offset = tuple(start // s for (start, _), s in zip(window, strides))
-    grads, values = unit_gradients(network.module, name, table, array, window, batch_size, offset)
+    grads, values = unit_gradients(network.module, name, table, array, window, batch_size, offset, fast)
     return NodeGradients(grads, table, values, name, field, array, window is not None)
 
 
 def node_gradient(model: Any, layer: Any, unit: tuple[int, int, int], inputs=None, *, seed: int = 0,
-                  crop: bool = True) -> NodeGradients:
+                  crop: bool = True, fast: bool = True) -> NodeGradients:
     """d z[x, y, c] / d input for one unit (see the module docstring); ``.gradient`` is (H, W, C)."""
     if len(tuple(unit)) != 3:
         raise BadInputError("unit", expected="(x, y, c): row, column, channel", got=repr(unit))
-    return node_gradients(model, layer, [tuple(unit)], inputs=inputs, seed=seed, crop=crop)
+    return node_gradients(model, layer, [tuple(unit)], inputs=inputs, seed=seed, crop=crop, fast=fast)

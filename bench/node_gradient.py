@@ -1,0 +1,98 @@
+"""gradsight.node_gradient vs Captum's NeuronGradient, side by side in one process on the same inputs.
+
+Run:  .venv/bin/python bench/node_gradient.py [--repeats 7]
+
+Cases: (a) units (0, 0, 0) and a centre unit of L6 of the seed CNN (TF 'same' padding, 128 x 128 x 1);
+(b) a centre unit of torchvision ResNet50's layer3 (random weights) at 224 x 224, where the unit's analytic
+field (267 px) covers the whole input, and at 512 x 512, where it does not. For each: median time per call of
+both, their ratio, and the largest difference of the gradients relative to the largest gradient. Then the time
+to compute the analytic receptive field of every layer of ResNet50 (one trace, no cache).
+gradsight's first call per model also traces its fields (cached afterwards); that one-time cost is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torchvision
+from captum.attr import NeuronGradient
+
+import gradsight
+from gradsight.adapters.torch_fields import trace_fields
+from gradsight.adapters.torch_zoo import seed_cnn
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def case(label: str, net, layer: str, unit, x_hwc: np.ndarray, repeats: int) -> None:
+    module = net.get_submodule(layer)
+    x = torch.from_numpy(x_hwc).permute(2, 0, 1)[None].contiguous()
+    row, col, channel = unit
+    explainer = NeuronGradient(net, module)
+
+    def captum():
+        return explainer.attribute(x, neuron_selector=(channel, row, col))
+
+    def ours():
+        return gradsight.node_gradient(net, layer, unit, x_hwc)
+
+    first = _timed(ours)
+    reference = captum()[0].permute(1, 2, 0).detach().numpy()
+    result = ours()
+    times = {"gradsight": [], "captum": []}
+    for _ in range(repeats):
+        times["gradsight"].append(_timed(ours))
+        times["captum"].append(_timed(captum))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    diff = float(np.abs(result.gradient - reference).max() / max(np.abs(reference).max(), 1e-30))
+    assert np.abs(reference).max() > 0, "a dead unit: pick another"
+    print(f"{label:44s} {med['gradsight'] * 1e3:9.2f} {med['captum'] * 1e3:9.2f} "
+          f"{med['captum'] / med['gradsight']:8.1f}x {diff:9.1e} {'yes' if result.cropped else 'no':>7s} "
+          f"{first * 1e3:9.1f}", flush=True)
+
+
+def strongest_channel(net, module, x_hwc: np.ndarray, position) -> int:
+    """The channel with the largest activation at ``position``: a unit whose ReLU is on (a dead one has a zero
+    gradient, which would make the comparison empty)."""
+    from gradsight.adapters.torch_units import layer_output
+
+    with torch.no_grad():
+        z = layer_output(net, module, torch.from_numpy(x_hwc).permute(2, 0, 1)[None])
+    return int(z[0, :, position[0], position[1]].argmax())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'case':44s} {'ours ms':>9s} {'captum ms':>9s} {'speed-up':>9s} {'max diff':>9s} {'cropped':>7s} "
+          f"{'1st call':>9s}")
+    net = seed_cnn("same")
+    x = np.random.default_rng(0).random((128, 128, 1), dtype=np.float32)
+    case("seed CNN L6 unit (0, 0, 0)", net, "L6", (0, 0, 0), x, args.repeats)
+    case("seed CNN L6 centre unit (8, 8, 0)", net, "L6", (8, 8, 0), x, args.repeats)
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet50().eval()
+    for size in (224, 512):
+        x = np.random.default_rng(1).random((size, size, 3), dtype=np.float32)
+        centre = size // 32  # layer3 has stride 16: the centre unit of a size/16 grid
+        channel = strongest_channel(resnet, resnet.layer3, x, (centre, centre))
+        case(f"ResNet50 layer3 centre unit ({centre}, {centre}, {channel}) at {size}", resnet, "layer3",
+             (centre, centre, channel), x, max(3, args.repeats // 2))
+    fresh = torchvision.models.resnet50()
+    seconds = min(_timed(lambda: trace_fields(fresh, (3, 224, 224))) for _ in range(3))
+    layers = len(trace_fields(fresh, (3, 224, 224)))
+    print(f"analytic receptive fields of all {layers} modules of ResNet50 at 224: {seconds:.3f} s")
+
+
+if __name__ == "__main__":
+    main()
