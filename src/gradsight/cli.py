@@ -142,7 +142,7 @@ def _run_rf(args) -> int:
 def _run_node(args) -> int:
     import io
 
-    from .adapters.torch_units import resolve_module
+    from .adapters import adapter_for
     from .methods.fields import as_network, input_shape_for
     from .methods.node_gradient import default_inputs, node_gradient
     from .outputs import write_atomic
@@ -150,8 +150,8 @@ def _run_node(args) -> int:
 
     network = as_network(args.model)
     shape = input_shape_for(network, args.input_size)
-    names = [n for n, _ in network.module.named_modules() if n]
-    name, _ = resolve_module(network.module, _layer_arg(args.layer, names))
+    adapter = adapter_for(network.module)
+    name, _ = adapter.resolve_layer(network.module, _layer_arg(args.layer, adapter.layer_names(network.module)))
     result = node_gradient(network, name, tuple(args.unit), default_inputs(shape, args.seed))
     buffer = io.BytesIO()
     node_gradient_figure(result, model_name=f"({network.name})").savefig(buffer, format="png", dpi=100)

@@ -108,9 +108,9 @@ def strongest_units(model, layers, position: tuple[int, int] | str = "centre", i
 
 
 def _field(model, layer):
-    from .adapters.torch_units import resolve_module
+    from .adapters import adapter_for
     from .methods.fields import as_network, input_shape_for, receptive_field
 
     network = as_network(model)
-    name, _ = resolve_module(network.module, layer)
+    name, _ = adapter_for(network.module).resolve_layer(network.module, layer)
     return receptive_field(network, input_shape_for(network, None)[1:])[name]

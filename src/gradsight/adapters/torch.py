@@ -63,7 +63,46 @@ def to_input_array(tensor: torch.Tensor) -> np.ndarray:
 
 
 class TorchAdapter:
+    """The PyTorch implementation of what gradsight's methods ask of a framework."""
+
     name = "torch"
+
+    def resolve_layer(self, model, layer):
+        from .torch_units import resolve_module
+
+        return resolve_module(model, layer)
+
+    def unit_gradients(self, model, layer, units, inputs, crop=None, batch_size=32, unit_offset=None, fast=True):
+        from .torch_units import unit_gradients
+
+        return unit_gradients(model, layer, units, inputs, crop, batch_size, unit_offset, fast)
+
+    def support_map(self, model, layer, position, inputs, seed=0):
+        from .torch_units import support_map
+
+        return support_map(model, layer, position, inputs, seed)
+
+    def linearised_copy(self, model):
+        from .torch_units import linearised_copy
+
+        return linearised_copy(model)
+
+    def trace_fields(self, model, input_shape, name=None):
+        from .torch_fields import trace_fields
+
+        return trace_fields(model, input_shape, name)
+
+    def default_input_shape(self, model) -> tuple[int, ...]:
+        """(channels, rows, cols): the model's ``gradsight_input_shape`` or its first convolution's channels at 224."""
+        shape = getattr(model, "gradsight_input_shape", None)
+        if shape is not None:
+            return tuple(shape)
+        from .torch_fields import _first_conv_channels
+
+        return (_first_conv_channels(model), 224, 224)
+
+    def layer_names(self, model) -> list[str]:
+        return [n for n, _ in model.named_modules() if n]
 
     def class_score_gradient(self, model: nn.Module, inputs: np.ndarray, targets: list[int | None],
                              score: str = "logit", fast: bool = True) -> ScoreGradient:

@@ -33,13 +33,7 @@ def as_network(model: Any) -> LoadedModel:
     from .saliency import as_loaded_model
 
     loaded = as_loaded_model(model)
-    # A module may say what it is meant for (gradsight's seed CNNs do); otherwise its first convolution's
-    # channels at 224 x 224.
-    shape = getattr(model, "gradsight_input_shape", None)
-    if shape is None:
-        from ..adapters.torch_fields import _first_conv_channels
-
-        shape = (_first_conv_channels(model), 224, 224)
+    shape = adapter_for(model).default_input_shape(model)
     spec = loaded.spec
     return LoadedModel(model, ModelSpec(spec.name, spec.framework, spec.preprocess, spec.class_names,
                                         spec.weights, tuple(shape)))
@@ -64,13 +58,11 @@ def receptive_field(model: Any, input_size: tuple[int, int] | None = None) -> Fi
     """Size, effective stride and padding, and unit rectangles of every layer of ``model``, analytically."""
     network = as_network(model)
     shape = input_shape_for(network, input_size)
-    adapter_for(network.module)  # a clear error for unsupported objects
-    key = (shape, tuple(id(m) for m in network.module.modules()))
+    adapter = adapter_for(network.module)
+    key = (shape, len(adapter.layer_names(network.module)))
     cached = _REPORTS.get(network.module)
     if cached is not None and cached[0] == key:
         return cached[1]
-    from ..adapters.torch_fields import trace_fields
-
-    report = trace_fields(network.module, shape, name=network.name)
+    report = adapter.trace_fields(network.module, shape, name=network.name)
     _REPORTS[network.module] = (key, report)
     return report

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..adapters import adapter_for
 from ..errors import BadInputError
 from .fields import as_network, input_shape_for, receptive_field
 from .node_gradient import support_box
@@ -76,8 +77,6 @@ def compare_fields(model: Any, input_size: tuple[int, int] | None = None, *, lay
                    units=("centre", "corner"), mode: str = "linear", samples: int = 2,
                    seed: int = 0) -> list[FieldCheck]:
     """Measure the field of ``units`` on every spatial layer (or ``layers``) and pair it with the analytic one."""
-    from ..adapters.torch_units import linearised_copy, support_map
-
     if mode not in MODES:
         raise BadInputError("mode", expected=f"one of {MODES}", got=repr(mode))
     network = as_network(model)
@@ -86,13 +85,14 @@ def compare_fields(model: Any, input_size: tuple[int, int] | None = None, *, lay
     chosen = report.rows(depth) if layers is None else [report[layer] for layer in layers]
     # Padding layers are left out: their border units are constants that depend on no pixel at all.
     chosen = [f for f in chosen if len(f.spatial_shape) == 2 and not f.is_global and not _pads_only(f)]
-    module = linearised_copy(network.module) if mode == "linear" else network.module
+    adapter = adapter_for(network.module)
+    module = adapter.linearised_copy(network.module) if mode == "linear" else network.module
     x = _inputs(shape, samples, seed)
     checks = []
     for field in chosen:
         for unit in _unit_list(field, units):
             analytic = field.rect(unit)
-            measured = support_box(support_map(module, field.name, unit, x, seed))
+            measured = support_box(adapter.support_map(module, field.name, unit, x, seed))
             checks.append(FieldCheck(field.name, unit, analytic, measured))
     return checks
 
@@ -101,17 +101,16 @@ def measure_field(model: Any, layer: Any, unit: tuple[int, int] | str = "centre"
                   input_size: tuple[int, int] | None = None, mode: str = "union", samples: int = 4,
                   seed: int = 0) -> tuple[np.ndarray, FieldCheck]:
     """The summed |gradient| map (H, W) of one unit and its check against the analytic rectangle."""
-    from ..adapters.torch_units import linearised_copy, resolve_module, support_map
-
     if mode not in MODES:
         raise BadInputError("mode", expected=f"one of {MODES}", got=repr(mode))
     network = as_network(model)
+    adapter = adapter_for(network.module)
     shape = input_shape_for(network, input_size)
-    name, _ = resolve_module(network.module, layer)
+    name, _ = adapter.resolve_layer(network.module, layer)
     field = receptive_field(network, shape[1:])[name]
     (unit,) = _unit_list(field, [unit])
-    module = linearised_copy(network.module) if mode == "linear" else network.module
-    values = support_map(module, name, unit, _inputs(shape, samples, seed), seed)
+    module = adapter.linearised_copy(network.module) if mode == "linear" else network.module
+    values = adapter.support_map(module, name, unit, _inputs(shape, samples, seed), seed)
     return values, FieldCheck(name, unit, field.rect(unit), support_box(values))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters import is_framework_tensor
+from ..adapters import adapter_for, is_framework_tensor
 from ..errors import BadInputError
 from ..receptive.report import LayerField
 from .fields import as_network, input_shape_for, receptive_field
@@ -114,15 +114,14 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
     when both are None). ``inputs``: (rows, cols, channels) array or tensor; default uniform [0, 1), ``seed``.
     ``crop``: run only the input window the unit sees (single units); ``fast``: fold BatchNorm as for saliency.
     """
-    from ..adapters.torch_units import resolve_module, unit_gradients
-
     network = as_network(model)
+    adapter = adapter_for(network.module)
     array = _as_inputs(inputs, input_shape_for(network, None), seed) if inputs is not None else None
     shape = (array.shape[2], *array.shape[:2]) if array is not None else input_shape_for(network, None)
     if array is None:
         array = default_inputs(shape, seed)
     report = receptive_field(network, shape[1:])
-    name, _ = resolve_module(network.module, layer)
+    name, _ = adapter.resolve_layer(network.module, layer)
     field = report[name]
     channels = field.output_shape[0]
     if units is None:
@@ -142,7 +141,7 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
     if window is not None:
         strides = [comps[0].stride for comps in field.field.axes]
         offset = tuple(start // s for (start, _), s in zip(window, strides))
-    grads, values = unit_gradients(network.module, name, table, array, window, batch_size, offset, fast)
+    grads, values = adapter.unit_gradients(network.module, name, table, array, window, batch_size, offset, fast)
     return NodeGradients(grads, table, values, name, field, array, window is not None)
 
 
