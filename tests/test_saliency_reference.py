@@ -178,3 +178,17 @@ def test_batched_call_equals_one_image_at_a_time(cnn, rng):
     together = gradsight.saliency(cnn, x, batch_size=2)
     alone = [gradsight.saliency(cnn, x[i]).saliency[0] for i in range(5)]
     np.testing.assert_allclose(together.saliency, np.stack(alone), rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_ended_model_still_gives_the_logit():
+    from gradsight.adapters.torch_zoo import seed_cnn
+
+    net = seed_cnn("torch")  # its head ends in nn.Softmax
+    x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    result = gradsight.saliency(net, x, target=[3, 7], fast=False)
+    logits = net.head[:-1](net[:-1](torch.from_numpy(x).permute(0, 3, 1, 2)))
+    np.testing.assert_allclose(result.logits, logits.detach().numpy(), rtol=1e-5, atol=1e-7)
+    no_softmax = torch.nn.Sequential(*list(net.children())[:-1], net.head[:-1])
+    ref = captum_map(no_softmax, nchw(x), torch.tensor([3, 7]))
+    np.testing.assert_allclose(result.saliency, ref, rtol=1e-6, atol=1e-6 * ref.max())
+    assert np.allclose(result.probabilities.sum(axis=1), 1.0)

@@ -9,7 +9,8 @@ Example:
 
 Arrays cross this boundary as NumPy float32 in channels-last layout (N, H, W, C); inside, PyTorch works in
 NCHW. The model is run in eval mode (BatchNorm statistics, no dropout) and every module's ``training`` flag is
-restored afterwards; only the input's gradient is requested, so no parameter's ``.grad`` is touched.
+restored afterwards; only the input's gradient is requested, so no parameter's ``.grad`` is touched. A model
+whose output is an ``nn.Softmax`` gives its logits as the softmax's input.
 """
 
 from __future__ import annotations
@@ -118,12 +119,29 @@ class TorchAdapter:
             runner = folded_copy(model, x[:1]) if fast else None
             with torch.enable_grad():
                 x = x.clone(memory_format=torch.channels_last).requires_grad_(True)
-                logits = _checked_logits((runner or model)(x), len(inputs))
+                logits = _checked_logits(_pre_softmax(runner or model, x), len(inputs))
                 chosen = _resolve_targets(targets, logits)
                 scores = _select(logits, chosen, score)
                 (grad,) = torch.autograd.grad(scores.sum(), x)
         return ScoreGradient(logits.detach().cpu().numpy(), chosen.cpu().numpy(),
                              grad.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def _pre_softmax(model: nn.Module, x: torch.Tensor):
+    """The model's output, or — when that output comes from a final nn.Softmax — the softmax's input (the
+    logits: pretrained models often end in a softmax, and its gradient saturates)."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handles = [m.register_forward_hook(lambda mod, args, out: seen.append((out, args[0])))
+               for m in model.modules() if isinstance(m, nn.Softmax)]
+    try:
+        out = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for produced, logits in seen:
+        if produced is out:
+            return logits
+    return out
 
 
 def _checked_logits(out, batch: int) -> torch.Tensor:
