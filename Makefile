@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test]'
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,keras,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch._dynamo  # noqa: F401  before TensorFlow: see gradsight.adapters.avoid_triton_tensorflow_clash
 from torch import nn
 
 import gradsight

@@ -8,8 +8,9 @@ import torchvision
 from torch import nn
 
 import gradsight
-from gradsight.adapters.torch_fields import UnsupportedGeometryError, trace_fields
+from gradsight.adapters.torch_fields import trace_fields
 from gradsight.adapters.torch_zoo import seed_cnn
+from gradsight.errors import UnsupportedGeometryError
 from gradsight.receptive.algebra import AxisField, chain_field
 
 KERNELS = (5, 5, 3, 3, 3, 3)

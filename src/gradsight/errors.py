@@ -60,5 +60,9 @@ class WeightsUnavailableError(GradsightError, FileNotFoundError):
     """Pretrained weights are neither on local disk nor allowed/able to be downloaded."""
 
 
+class UnsupportedGeometryError(GradsightError, NotImplementedError):
+    """A model runs an operation or layer whose effect on the pixel grid gradsight does not know."""
+
+
 class MissingDependencyError(GradsightError, ImportError):
     """An optional framework extra is not installed."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .adapters import is_framework_tensor
+from .adapters import is_framework_tensor, tensor_to_array
 from .errors import BadInputError
 from .images import Photo, example_image_path, load_image, photo_from_image
 from .preprocess import Geometry, Preprocess
@@ -51,9 +51,7 @@ def _as_photo(item) -> Photo | None:
 
 def _as_model_input(item) -> np.ndarray:
     if is_framework_tensor(item):
-        from .adapters.torch import to_input_array
-
-        arrays = to_input_array(item)
+        arrays = tensor_to_array(item)
     elif isinstance(item, np.ndarray) and np.issubdtype(item.dtype, np.floating):
         arrays = item[None] if item.ndim == 3 else item
         if arrays.ndim != 4:

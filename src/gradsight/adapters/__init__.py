@@ -6,7 +6,7 @@ Example:
     'torch'
 
 A framework counts as present only when the user's program has already imported it (``sys.modules``):
-if a model is a ``torch.nn.Module``, torch is necessarily loaded.
+if a model is a ``torch.nn.Module`` (or a ``keras.Model``), that framework is necessarily loaded.
 """
 
 from __future__ import annotations
@@ -17,19 +17,56 @@ from typing import Any
 from ..errors import BadInputError
 
 
+def avoid_triton_tensorflow_clash(loading: str) -> None:
+    """Keep PyTorch and TensorFlow usable in one process.
+
+    Importing Triton (which torch._dynamo pulls in lazily, e.g. on a first F.pad) after TensorFlow has been
+    loaded crashes the interpreter (seen with torch 2.14 + TensorFlow 2.21: both bundle LLVM). So: when
+    TensorFlow is about to load and torch is already here, let torch finish its lazy import first; when torch
+    code runs after TensorFlow, tell torch that Triton is absent (it is only needed to compile GPU kernels).
+    """
+    if loading == "tensorflow" and "torch" in sys.modules and "torch._dynamo" not in sys.modules:
+        import torch._dynamo  # noqa: F401
+    elif loading == "torch" and "tensorflow" in sys.modules and "torch._dynamo" not in sys.modules:
+        sys.modules.setdefault("triton", None)
+
+
 def adapter_for(model: Any):
     """The adapter that can compute gradients through ``model``."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
+        avoid_triton_tensorflow_clash("torch")
         from .torch import TorchAdapter
 
         return TorchAdapter()
-    raise BadInputError("model", expected="a torch.nn.Module or a model name such as 'efficientnet_lite0'",
+    keras = sys.modules.get("keras")
+    if keras is not None and isinstance(model, keras.Model):
+        avoid_triton_tensorflow_clash("tensorflow")
+        from .keras import KerasAdapter
+
+        return KerasAdapter()
+    raise BadInputError("model", expected="a torch.nn.Module, a keras.Model or a model name such as "
+                        "'efficientnet_lite0'",
                         got=f"an object of type {type(model).__module__}.{type(model).__qualname__}",
                         fix="pass a PyTorch classifier, or see `gradsight saliency --help` for names")
 
 
 def is_framework_tensor(value: Any) -> bool:
-    """True for a torch tensor (so it is read as model input, not as a photo)."""
+    """True for a torch or TensorFlow tensor (so it is read as model input, not as a photo)."""
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
+    tf = sys.modules.get("tensorflow")
+    return (torch is not None and isinstance(value, torch.Tensor)) or (
+        tf is not None and isinstance(value, (tf.Tensor, tf.Variable)))
+
+
+def tensor_to_array(value: Any):
+    """A framework tensor as a float32 NHWC array: torch tensors are NCHW, TensorFlow tensors already NHWC."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        from .torch import to_input_array
+
+        return to_input_array(value)
+    import numpy as np
+
+    array = np.array(value, dtype=np.float32)
+    return array[None] if array.ndim == 3 else array

@@ -19,7 +19,6 @@ import contextlib
 import copy
 import warnings
 import weakref
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,15 +26,10 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..errors import BadInputError
+from . import avoid_triton_tensorflow_clash
+from .base import ScoreGradient, resolve_targets
 
-
-@dataclass(frozen=True)
-class ScoreGradient:
-    """What one gradient pass returns: raw scores, the chosen targets and d(score)/d(input)."""
-
-    logits: np.ndarray  # (N, K)
-    targets: np.ndarray  # (N,)
-    gradient: np.ndarray  # (N, H, W, C)
+avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
 
 
 @contextlib.contextmanager
@@ -158,17 +152,7 @@ def _checked_logits(out, batch: int) -> torch.Tensor:
 
 
 def _resolve_targets(targets: list[int | None], logits: torch.Tensor) -> torch.Tensor:
-    num_classes = logits.shape[1]
-    predicted = logits.detach().argmax(dim=1)
-    chosen = []
-    for i, target in enumerate(targets):
-        if target is None:
-            chosen.append(int(predicted[i]))
-        elif not 0 <= target < num_classes:
-            raise BadInputError("target class", expected=f"an index in 0..{num_classes - 1}", got=str(target),
-                                fix="pass a class index the model has, or 'auto' for the predicted class")
-        else:
-            chosen.append(int(target))
+    chosen = resolve_targets(targets, logits.shape[1], logits.detach().cpu().numpy())
     return torch.tensor(chosen, device=logits.device)
 
 

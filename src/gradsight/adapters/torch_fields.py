@@ -20,16 +20,15 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ..errors import BadInputError, GradsightError
+from ..errors import BadInputError, GradsightError, UnsupportedGeometryError
 from ..receptive.algebra import AxisField, Field, LayerGeometry
 from ..receptive.report import FieldReport, LayerField
+from . import avoid_triton_tensorflow_clash
 from .torch import eval_mode
 
+avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
+
 ROOT = "(model)"  # the name under which the whole model's output is reported
-
-
-class UnsupportedGeometryError(GradsightError, NotImplementedError):
-    """The model runs an operation whose effect on the pixel grid gradsight does not know."""
 
 
 # Operations that act on each spatial position separately (besides those ATen tags as pointwise).

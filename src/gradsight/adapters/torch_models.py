@@ -15,6 +15,9 @@ from ..models.imagenet import imagenet_class_names
 from ..models.registry import CURATED
 from ..models.spec import LoadedModel, ModelSpec
 from ..preprocess import Preprocess
+from . import avoid_triton_tensorflow_clash
+
+avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
 
 
 def _require(module: str):

@@ -20,8 +20,11 @@ import torch
 from torch import nn
 
 from ..errors import BadInputError, UnknownNameError
+from . import avoid_triton_tensorflow_clash
 from .torch import eval_mode, folded_copy
 from .torch_fields import ROOT
+
+avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
 
 
 class _Reached(Exception):

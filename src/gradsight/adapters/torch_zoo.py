@@ -18,6 +18,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import BadInputError
+from . import avoid_triton_tensorflow_clash
+
+avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
 
 SEED_KERNELS = (5, 5, 3, 3, 3, 3)
 SEED_STRIDES = (1, 2, 1, 2, 1, 2)

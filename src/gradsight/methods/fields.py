@@ -24,9 +24,9 @@ def as_network(model: Any) -> LoadedModel:
     """A LoadedModel from a network name (seed-cnn, seed-cnn-torch, torchvision/timm names, pkg.mod:factory),
     a LoadedModel, or a framework model."""
     if isinstance(model, str):
-        from ..adapters.torch_models import build_torch_network
+        from ..models.registry import load_network
 
-        return build_torch_network(model)
+        return load_network(model)
     if isinstance(model, LoadedModel):
         return model
     from ..models.spec import ModelSpec

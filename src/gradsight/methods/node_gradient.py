@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters import adapter_for, is_framework_tensor
+from ..adapters import adapter_for, is_framework_tensor, tensor_to_array
 from ..errors import BadInputError
 from ..receptive.report import LayerField
 from .fields import as_network, input_shape_for, receptive_field
@@ -93,9 +93,7 @@ def _as_inputs(inputs, shape: tuple[int, ...], seed: int) -> np.ndarray:
     if inputs is None:
         return default_inputs(shape, seed)
     if is_framework_tensor(inputs):
-        from ..adapters.torch import to_input_array
-
-        inputs = to_input_array(inputs)[0]
+        inputs = tensor_to_array(inputs)[0]
     array = np.asarray(inputs, dtype=np.float32)
     if array.ndim == 2:
         array = array[..., None]
@@ -133,7 +131,7 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
         field.check_unit((int(x), int(y)))
         if not 0 <= c < channels:
             raise BadInputError(f"channel of layer {name!r}", expected=f"0..{channels - 1}", got=str(int(c)))
-    if crop and len(table) == 1:
+    if crop and len(table) == 1 and getattr(adapter, "crops", True):
         window = crop_window(field, (int(table[0][0]), int(table[0][1])))
     else:
         window = None

@@ -6,7 +6,8 @@ Example:
     'bicubic'
 
 Names: ``efficientnet_lite0`` (the embedded default), ``resnet50``, any torchvision classifier as
-``torchvision:NAME`` and any timm model as ``timm:NAME`` (a bare name is looked up in both). Weights never
+``torchvision:NAME`` and any timm model as ``timm:NAME`` (a bare name is looked up in both); Keras models as
+``keras:resnet50``, ``keras:seed-cnn`` or ``keras:NAME`` of keras.applications. Weights never
 download unless ``download=True``; ``weights=FILE`` loads a local state dict with ``weights_only=True``.
 """
 
@@ -29,6 +30,21 @@ def available_models() -> tuple[str, ...]:
 def load_model(name: str = DEFAULT_MODEL, *, weights: str | Path | None = None,
                download: bool = False) -> LoadedModel:
     """Build the named model in eval mode with its weights, preprocessing and class names."""
+    if name.startswith("keras:"):
+        from ..adapters.keras_models import load_keras_model
+
+        return load_keras_model(name, weights=weights, download=download)
     from ..adapters.torch_models import load_torch_model
 
     return load_torch_model(name, weights=weights, download=download)
+
+
+def load_network(name: str) -> LoadedModel:
+    """A network for receptive fields and node gradients: weights are not needed (random ones are used)."""
+    if name.startswith("keras:"):
+        from ..adapters.keras_models import load_keras_model
+
+        return load_keras_model(name, architecture_only=True)
+    from ..adapters.torch_models import build_torch_network
+
+    return build_torch_network(name)
