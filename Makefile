@@ -22,7 +22,10 @@ test-fast: install
 	$(VENV)/bin/python -m pytest -m "not slow"
 
 bench: install
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(VENV)/bin/python bench/saliency.py
+	$(VENV)/bin/python bench/node_gradient.py
+	$(VENV)/bin/python bench/keras_saliency.py
 
 lint: install
 	$(VENV)/bin/ruff check .

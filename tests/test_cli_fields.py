@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 
 
-def cli(*args):
+def cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "gradsight.cli", *args], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
 
 
 def test_rf_table_with_measurement():
@@ -62,3 +62,18 @@ def test_node_and_rf_bad_input(tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
         assert phrase in proc.stderr, (args, proc.stderr)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_keras_models_in_the_cli(tmp_path):
+    proc = cli("rf", "keras:seed-cnn", "--measure")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    l6 = next(line for line in proc.stdout.splitlines() if line.startswith("L6 "))
+    assert l6.split()[3:8] == ["3x3", "2x2", "33x33", "8x8", "9x9"] and l6.endswith("=, =")
+    out = tmp_path / "g.png"
+    proc = cli("node", "keras:seed-cnn", "--layer", "L6", "--unit", "0", "0", "0", "--out", str(out))
+    assert proc.returncode == 0 and "analytic field: rows 0..23, cols 0..23" in proc.stdout and out.exists()
+    import os
+
+    proc = cli("saliency", "--model", "keras:resnet50", "--out", str(tmp_path / "o"),
+               env={**os.environ, "KERAS_HOME": str(tmp_path / "keras-home")})
+    assert proc.returncode == 2 and "--weights FILE" in proc.stderr and "Traceback" not in proc.stderr

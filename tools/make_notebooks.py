@@ -72,6 +72,32 @@ correlation = np.corrcoef(prob.saliency.ravel(), result.saliency.ravel())[0, 1]
 print(f"|d prob| / |d logit| = {ratio:.3f} (p = {result.prediction_probabilities[0]:.3f}); "
       f"map correlation {correlation:.2f}")
 assert ratio < 0.2"""),
+    ("md", """## 7. The same with Keras
+The exercise itself uses `keras.applications.ResNet50` with `resnet.preprocess_input` ("caffe": BGR, minus the
+ImageNet means). gradsight takes a `keras.Model` with the same call. The ImageNet weights are not downloaded
+here, so this runs on random weights (`gradsight.load_model("keras:resnet50")` loads the real ones from the
+Keras cache, or from `weights=FILE`); the map is checked against a hand-written `tf.GradientTape`."""),
+    ("code", """import os
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras
+import tensorflow as tf
+
+from gradsight.adapters.keras_models import CAFFE
+
+keras.utils.set_random_seed(0)
+resnet = keras.applications.ResNet50(weights=None)        # ends in a softmax: gradsight uses its logits
+keras_model = gradsight.LoadedModel(resnet, gradsight.ModelSpec("keras ResNet50 (random)", "keras", CAFFE))
+k_result = gradsight.saliency(keras_model, photo.source, target=20)
+
+x_keras = tf.constant(CAFFE(photo)[None])
+features = keras.Model(resnet.inputs, resnet.get_layer("avg_pool").output)
+with tf.GradientTape() as tape:
+    tape.watch(x_keras)
+    logit = (tf.matmul(features(x_keras, training=False), resnet.get_layer("predictions").kernel)
+             + resnet.get_layer("predictions").bias)[0, 20]
+by_tape = np.abs(tape.gradient(logit, x_keras).numpy()[0]).max(axis=-1)
+print("largest difference to the tape:", np.abs(by_tape - k_result.saliency[0]).max() / by_tape.max())
+assert np.allclose(by_tape, k_result.saliency[0], rtol=1e-5, atol=1e-5 * by_tape.max())"""),
 ]
 
 
@@ -112,6 +138,21 @@ For each layer, the centre unit of its channel with the largest gradient (a unit
 input has no gradient at all — a *dead* unit — so we show a living one)."""),
     ("code", """units = strongest_units("seed-cnn", [f"L{i}" for i in range(1, 7)], "centre")
 field_grid_figure(units, title="seed-cnn (TF 'same'): centre units of L1..L6")"""),
+    ("md", """## The same in Keras
+`keras:seed-cnn` is the seed CNN built with `keras.layers.Conv2D(padding="same", activation="relu")`. Given the
+PyTorch model's weights, it gives the same gradients: the two frameworks agree to float32 precision."""),
+    ("code", """import os
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from gradsight.adapters.keras_models import copy_seed_weights, keras_seed_cnn
+from gradsight.adapters.torch_zoo import seed_cnn
+
+torch_net, keras_net = seed_cnn("same"), keras_seed_cnn()
+copy_seed_weights(torch_net, keras_net)
+g_torch = gradsight.node_gradient(torch_net, "L6", (0, 0, 0))
+g_keras = gradsight.node_gradient(keras_net, "L6", (0, 0, 0))
+difference = np.abs(g_torch.gradient - g_keras.gradient).max() / np.abs(g_torch.gradient).max()
+print("Keras vs PyTorch, largest relative difference:", difference, "  fields:", g_keras.rect, g_torch.rect)
+assert difference < 1e-4 and g_keras.rect == g_torch.rect"""),
 ]
 
 RECEPTIVE_FIELD = [
@@ -166,6 +207,20 @@ Inside the rectangle the gradient is far from uniform: it concentrates near the 
 for fraction in (0.5, 0.9, 1.0):
     print(f"{fraction:.0%} of the gradient mass lies within radius {erf.radius(fraction):.1f} px of the centre")
 assert erf.radius(0.5) < 16 < erf.radius(1.0)"""),
+    ("md", """## Keras models
+The same functions read a `keras.Model`'s layer configurations (Conv, Depthwise/Separable, pooling,
+ZeroPadding2D, Add/Concatenate, nested models). MobileNet v1 has the published receptive field 315,
+effective stride 32 and padding 126 (Araujo et al., 2019)."""),
+    ("code", """import os
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras
+
+checks = gradsight.compare_fields("keras:seed-cnn", units=("centre", "corner"))
+assert all(check.agree for check in checks)
+print(f"keras:seed-cnn: analytic = measured for all {len(checks)} units")
+mobilenet = gradsight.receptive_field(keras.applications.MobileNet(weights=None))["conv_pw_13_relu"]
+print("MobileNet:", mobilenet.size, mobilenet.stride, mobilenet.padding)
+assert (mobilenet.size, mobilenet.stride, mobilenet.padding) == ((315, 315), (32, 32), (126, 126))"""),
 ]
 
 
