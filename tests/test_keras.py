@@ -192,3 +192,28 @@ def test_frameworks_stay_apart():
     assert out.stdout.split() == ["False", "False"]
     out = subprocess.run([sys.executable, "-c", keras_only], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["False"]
+
+
+def test_nested_model_and_conv1d_fields():
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((None, None, 2)), keras.layers.Conv2D(2, 3, padding="same", name="a"),
+                              keras.layers.MaxPooling2D(2, name="pool")], name="block")
+    x = keras.Input((32, 32, 1))
+    stem = keras.layers.Conv2D(2, 5, strides=2, padding="valid", name="stem")(x)
+    side = keras.layers.AveragePooling2D(2, name="avg")(keras.layers.Conv2D(2, 3, padding="same", name="side")(stem))
+    y = keras.layers.Concatenate(name="cat")([inner(stem), side])
+    model = keras.Model(x, y)
+    report = gradsight.receptive_field(model)
+    # stem 5/2 -> r = 5, S = 2; inner conv 3 at S=2 -> 5 + 2*2 = 9; pool 2/2 at S=2 -> 9 + 1*2 = 11, S = 4
+    assert report["block.a"].size == (5 + 2 * 2,) * 2
+    assert report["block"].size == (5 + 2 * 2 + 1 * 2,) * 2 and report["block"].stride == (4, 4)
+    assert report["cat"].size == report["block"].size and report["cat"].aligned
+    checks = gradsight.compare_fields(model, layers=["stem", "block", "cat"])
+    assert len(checks) == 6 and all(c.agree for c in checks)
+    seq = keras.Sequential([keras.Input((64, 1)), keras.layers.Conv1D(2, 5, dilation_rate=2, padding="causal",
+                                                                       name="c1"),
+                            keras.layers.Conv1D(2, 3, strides=2, name="c2")])
+    c2 = gradsight.receptive_field(seq)["c2"]
+    # causal dilated 5 -> k' = 2*4 + 1 = 9, left padding 8; then 3 at stride 1 -> 9 + 2 = 11, S = 2
+    assert (c2.size, c2.stride, c2.padding) == ((11,), (2,), (8,))
+    assert c2.rect((0,)) == ((0, 11 - 8 - 1),)

@@ -205,7 +205,7 @@ class KerasAdapter:
                 config["activation"] = "linear"
             return layer.__class__.from_config(config)
 
-        clone = keras.models.clone_model(model, clone_function=swap)
+        clone = keras.models.clone_model(model, clone_function=swap, recursive=True)
         clone.set_weights(model.get_weights())
         return clone
 
