@@ -29,10 +29,8 @@ def _require(module: str):
         ) from err
 
 
-def load_torch_model(name: str, *, weights: str | Path | None = None, download: bool = False) -> LoadedModel:
-    """Resolve ``name`` (curated, ``torchvision:NAME``, ``timm:NAME`` or a bare name) to a LoadedModel."""
-    if name == "efficientnet_lite0":
-        return _efficientnet_lite0(weights)
+def _library_and_name(name: str, extra_known: tuple[str, ...] = ()) -> tuple[str, str]:
+    """("torchvision" | "timm", bare name) for ``torchvision:NAME``, ``timm:NAME`` or a bare name."""
     family, sep, base = name.partition(":")
     if not sep:
         family, base = "", name
@@ -41,16 +39,26 @@ def load_torch_model(name: str, *, weights: str | Path | None = None, download: 
     tv_names = tvm.list_models(module=tvm)
     if family in ("torchvision", "tv") or (not family and base in tv_names):
         if base not in tv_names:
-            raise UnknownNameError("torchvision classifier", base, tv_names)
-        return _torchvision(base, weights, download)
+            raise UnknownNameError("torchvision model", base, tv_names)
+        return "torchvision", base
     if family == "timm" or (not family and timm.is_model(base)):
         if not timm.is_model(base):
             raise UnknownNameError("timm model", base, timm.list_models())
-        return _timm(base, weights, download)
+        return "timm", base
     if family:
-        raise BadInputError(f"model {name!r}", expected="a prefix 'torchvision:' or 'timm:'",
+        raise BadInputError(f"model {name!r}", expected="a prefix 'torchvision:', 'timm:' or 'keras:'",
                             got=repr(family + ":"), fix="or give a bare name such as 'resnet50'")
-    raise UnknownNameError("model", name, [*CURATED, *tv_names, *timm.list_models()])
+    raise UnknownNameError("model", name, [*extra_known, *tv_names, *timm.list_models()])
+
+
+def load_torch_model(name: str, *, weights: str | Path | None = None, download: bool = False) -> LoadedModel:
+    """Resolve ``name`` (curated, ``torchvision:NAME``, ``timm:NAME`` or a bare name) to a LoadedModel."""
+    if name == "efficientnet_lite0":
+        return _efficientnet_lite0(weights)
+    library, base = _library_and_name(name, CURATED)
+    if library == "torchvision":
+        return _torchvision(base, weights, download)
+    return _timm(base, weights, download)
 
 
 def load_state_file(path: str | Path) -> dict:
@@ -235,23 +243,11 @@ def build_torch_network(name: str):
         return LoadedModel(net, ModelSpec(name, "torch", prep, None, "random (seeded)", SEED_INPUT))
     if ":" in name and name.split(":", 1)[0] not in ("torchvision", "tv", "timm"):
         return _from_python_path(name)
-    family, sep, base = name.partition(":")
-    if not sep:
-        family, base = "", name
-    tvm = _require("torchvision.models")
-    timm = _require("timm")
-    tv_names = tvm.list_models(module=tvm)
-    if family in ("torchvision", "tv") or (not family and base in tv_names):
-        if base not in tv_names:
-            raise UnknownNameError("torchvision model", base, tv_names)
-        net = tvm.get_model(base, weights=None).eval()
-    elif family == "timm" or (not family and timm.is_model(base)):
-        if not timm.is_model(base):
-            raise UnknownNameError("timm model", base, timm.list_models())
-        net = timm.create_model(base, pretrained=False).eval()
+    library, base = _library_and_name(name, ("seed-cnn", "seed-cnn-torch"))
+    if library == "torchvision":
+        net = _require("torchvision.models").get_model(base, weights=None).eval()
     else:
-        raise UnknownNameError("model", name, ["seed-cnn", "seed-cnn-torch", *tv_names, *timm.list_models()],
-                               fix="or give a Python path package.module:factory")
+        net = _require("timm").create_model(base, pretrained=False).eval()
     from .torch_fields import _first_conv_channels
 
     spec = ModelSpec(name, "torch", Preprocess(resize=None, crop=None), None, "random (architecture only)",
