@@ -45,7 +45,7 @@ def _as_photo(item) -> Photo | None:
         if item.ndim != 3 or item.shape[2] != 3:
             raise BadInputError("uint8 image array", expected="shape (height, width, 3)", got=f"{item.shape}",
                                 fix="pass an RGB photo, or float32 model input")
-        return _as_photo(Image.fromarray(item, "RGB"))
+        return photo_from_image(Image.fromarray(item), "<array>")
     return None
 
 
