@@ -192,3 +192,13 @@ def test_softmax_ended_model_still_gives_the_logit():
     ref = captum_map(no_softmax, nchw(x), torch.tensor([3, 7]))
     np.testing.assert_allclose(result.saliency, ref, rtol=1e-6, atol=1e-6 * ref.max())
     assert np.allclose(result.probabilities.sum(axis=1), 1.0)
+
+
+def test_path_pil_image_and_uint8_array_give_the_same_map(embedded, ouzel_path):
+    from PIL import Image
+
+    photo = Image.open(ouzel_path).convert("RGB")
+    result = gradsight.saliency(embedded, [ouzel_path, photo, np.asarray(photo)], fast=False)
+    assert result.sources[1:] == ("<PIL image>", "<array>")
+    np.testing.assert_array_equal(result.saliency[0], result.saliency[1])
+    np.testing.assert_array_equal(result.saliency[0], result.saliency[2])
