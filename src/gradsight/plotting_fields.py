@@ -94,23 +94,28 @@ def strongest_units(model, layers, position: tuple[int, int] | str = "centre", i
                     seed: int = 0) -> list[NodeGradients]:
     """For each layer, the unit at ``position`` ("centre" = each layer's centre unit) in the channel with the
     largest gradient, i.e. an alive one."""
-    from .methods.node_gradient import node_gradient, node_gradients
+    from dataclasses import replace
 
+    from .methods.fields import as_network
+    from .methods.node_gradient import node_gradients
+
+    network = as_network(model)  # once: a name would otherwise build a fresh model on every call
     chosen = []
     for layer in layers:
-        field = _field(model, layer)
+        field = _field(network, layer)
         where = tuple(n // 2 for n in field.spatial_shape) if position == "centre" else tuple(position)
-        probe = node_gradients(model, layer, channel=None, inputs=inputs, seed=seed,
+        probe = node_gradients(network, layer, channel=None, inputs=inputs, seed=seed,
                                units=[(*where, c) for c in range(field.output_shape[0])])
         best = int(np.argmax(np.abs(probe.gradients).reshape(len(probe), -1).sum(axis=1)))
-        chosen.append(node_gradient(model, layer, (*where, best), inputs, seed=seed))
+        one = slice(best, best + 1)
+        chosen.append(replace(probe, gradients=probe.gradients[one], units=probe.units[one],
+                              values=probe.values[one]))
     return chosen
 
 
-def _field(model, layer):
+def _field(network, layer):
     from .adapters import adapter_for
-    from .methods.fields import as_network, input_shape_for, receptive_field
+    from .methods.fields import input_shape_for, receptive_field
 
-    network = as_network(model)
     name, _ = adapter_for(network.module).resolve_layer(network.module, layer)
     return receptive_field(network, input_shape_for(network, None)[1:])[name]

@@ -138,12 +138,12 @@ class EffectiveField:
 def effective_receptive_field(model: Any, layer: Any, *, input_size: tuple[int, int] | None = None,
                               samples: int = 8, seed: int = 0) -> EffectiveField:
     """Mean |d z_centre / d input| over ``samples`` uniform random inputs, normalised to total mass 1."""
-    values, check = measure_field(model, layer, "centre", input_size=input_size, mode="union", samples=samples,
+    network = as_network(model)  # once: a name would otherwise build the model twice
+    values, check = measure_field(network, layer, "centre", input_size=input_size, mode="union", samples=samples,
                                   seed=seed)
     total = values.sum()
     if total == 0:
         raise BadInputError(f"centre unit of layer {check.layer!r}", expected="a unit with a non-zero gradient",
                             got="a dead unit on all inputs", fix="use more samples or another layer")
-    network = as_network(model)
     field = receptive_field(network, input_shape_for(network, input_size)[1:])[check.layer]
     return EffectiveField(check.layer, check.unit, values / total, field.centre(check.unit))

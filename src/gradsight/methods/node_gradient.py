@@ -114,11 +114,8 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
     """
     network = as_network(model)
     adapter = adapter_for(network.module)
-    array = _as_inputs(inputs, input_shape_for(network, None), seed) if inputs is not None else None
-    shape = (array.shape[2], *array.shape[:2]) if array is not None else input_shape_for(network, None)
-    if array is None:
-        array = default_inputs(shape, seed)
-    report = receptive_field(network, shape[1:])
+    array = _as_inputs(inputs, input_shape_for(network, None), seed)
+    report = receptive_field(network, array.shape[:2])
     name, _ = adapter.resolve_layer(network.module, layer)
     field = report[name]
     channels = field.output_shape[0]
