@@ -32,7 +32,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def case(label: str, net, layer: str, unit, x_hwc: np.ndarray, repeats: int) -> None:
+def case(label: str, net, layer: str, unit, x_hwc: np.ndarray, repeats: int) -> float:
     module = net.get_submodule(layer)
     x = torch.from_numpy(x_hwc).permute(2, 0, 1)[None].contiguous()
     row, col, channel = unit
@@ -57,6 +57,7 @@ def case(label: str, net, layer: str, unit, x_hwc: np.ndarray, repeats: int) -> 
     print(f"{label:44s} {med['gradsight'] * 1e3:9.2f} {med['captum'] * 1e3:9.2f} "
           f"{med['captum'] / med['gradsight']:8.1f}x {diff:9.1e} {'yes' if result.cropped else 'no':>7s} "
           f"{first * 1e3:9.1f}", flush=True)
+    return med["captum"] * 1e3
 
 
 def strongest_channel(net, module, x_hwc: np.ndarray, position) -> int:
@@ -69,6 +70,51 @@ def strongest_channel(net, module, x_hwc: np.ndarray, position) -> int:
     return int(z[0, :, position[0], position[1]].argmax())
 
 
+def seed_cnn_floor(net, captum_ms: float, repeats: int) -> None:
+    """No gradsight code at all: the six convolutions of L1..L6 as valid convolutions on the 33 x 33 input
+    cone of one unit, with autograd. Nothing exact that runs PyTorch operations one by one can do less."""
+    import torch.nn.functional as F
+
+    convs = [net.get_submodule(f"L{i}.conv") for i in range(1, 7)]
+    x = torch.rand(1, 1, 33, 33)
+
+    def bare():
+        cone = x.clone().requires_grad_(True)
+        z = cone
+        for conv in convs:
+            z = torch.relu(F.conv2d(z, conv.weight, conv.bias, conv.stride))
+        return torch.autograd.grad(z[0, 0, 0, 0], cone)
+
+    bare()
+    ms = statistics.median(_timed(bare) for _ in range(max(repeats, 50))) * 1e3
+    print(f"  floor: bare PyTorch on the 33x33 cone, valid convolutions {ms:6.2f} ms "
+          f"-> at most {captum_ms / ms:4.1f}x over Captum", flush=True)
+
+
+def resnet_floor(resnet, size: int, captum_ms: float, repeats: int) -> None:
+    """No gradsight code: forward and backward of the stem, layer1 and layer2 alone (BatchNorm folded,
+    channels-last). At 224 the centre unit of layer3 sees all of layer2's output, so any exact method runs
+    at least this much; the ratio printed is the most any such method could gain over Captum."""
+    from gradsight.adapters.torch import folded_copy
+
+    x = torch.rand(1, 3, size, size).contiguous(memory_format=torch.channels_last)
+    net = folded_copy(resnet, x) or resnet
+    stages = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2)
+    upstream = None
+
+    def bare():
+        nonlocal upstream
+        inp = x.clone(memory_format=torch.channels_last).requires_grad_(True)
+        out = stages(inp)
+        upstream = torch.randn_like(out) if upstream is None else upstream
+        return torch.autograd.grad(out, inp, upstream)
+
+    bare()
+    ms = statistics.median(_timed(bare) for _ in range(repeats)) * 1e3
+    print(f"  floor: stem..layer2 forward + backward at {size}, no gradsight code {ms:6.2f} ms "
+          f"-> at most {captum_ms / ms:4.1f}x over Captum", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -79,15 +125,18 @@ def main() -> None:
     net = seed_cnn("same")
     x = np.random.default_rng(0).random((128, 128, 1), dtype=np.float32)
     case("seed CNN L6 unit (0, 0, 0)", net, "L6", (0, 0, 0), x, args.repeats)
-    case("seed CNN L6 centre unit (8, 8, 0)", net, "L6", (8, 8, 0), x, args.repeats)
+    captum_ms = case("seed CNN L6 centre unit (8, 8, 0)", net, "L6", (8, 8, 0), x, args.repeats)
+    seed_cnn_floor(net, captum_ms, args.repeats)
     torch.manual_seed(0)
     resnet = torchvision.models.resnet50().eval()
     for size in (224, 512):
         x = np.random.default_rng(1).random((size, size, 3), dtype=np.float32)
         centre = size // 32  # layer3 has stride 16: the centre unit of a size/16 grid
         channel = strongest_channel(resnet, resnet.layer3, x, (centre, centre))
-        case(f"ResNet50 layer3 centre unit ({centre}, {centre}, {channel}) at {size}", resnet, "layer3",
-             (centre, centre, channel), x, max(3, args.repeats // 2))
+        captum_ms = case(f"ResNet50 layer3 centre unit ({centre}, {centre}, {channel}) at {size}", resnet, "layer3",
+                         (centre, centre, channel), x, max(3, args.repeats // 2))
+        if size == 224:
+            resnet_floor(resnet, size, captum_ms, max(3, args.repeats // 2))
     fresh = torchvision.models.resnet50()
     seconds = min(_timed(lambda: trace_fields(fresh, (3, 224, 224))) for _ in range(3))
     layers = len(trace_fields(fresh, (3, 224, 224)))

@@ -9,7 +9,9 @@ import torchvision
 from captum.attr import NeuronGradient
 
 import gradsight
+from torch import nn
 from gradsight.adapters.torch_zoo import seed_cnn
+from gradsight.methods import node_gradient as node_gradient_module
 from gradsight.methods.node_gradient import crop_window
 
 
@@ -73,6 +75,25 @@ def test_batched_units_equal_single_units():
                                    atol=1e-5 * np.abs(alone.gradient).max())
 
 
+@pytest.mark.parametrize("name", ["seed-cnn", "seed-cnn-torch"])
+def test_batches_of_windows_equal_whole_input_runs(name):
+    # every unit of a channel: windows of several sizes (border units are clipped), stacked per size
+    cropped = gradsight.node_gradients(name, "L6", channel=3)
+    full = gradsight.node_gradients(name, "L6", channel=3, crop=False)
+    assert cropped.cropped and not full.cropped and (full.values > 0).sum() > 128  # mostly alive units
+    np.testing.assert_allclose(cropped.gradients, full.gradients, rtol=1e-5,
+                               atol=1e-6 * np.abs(full.gradients).max())
+    np.testing.assert_allclose(cropped.values, full.values, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18().eval()
+    x = np.random.default_rng(5).random((128, 128, 3), dtype=np.float32)
+    units = [(0, 0, 1), (31, 31, 2), (16, 3, 3), (9, 27, 4)]
+    cropped = gradsight.node_gradients(net, "layer1", units, inputs=x)
+    for i, unit in enumerate(units):
+        ref = captum_unit_gradient(net, net.layer1, x, unit)
+        np.testing.assert_allclose(cropped.gradients[i], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 def test_a_whole_channel():
     result = gradsight.node_gradients("seed-cnn", "L6", channel=2)
     assert len(result) == 16 * 16 and set(result.units[:, 2]) == {2}
@@ -111,3 +132,122 @@ def test_user_model_left_as_it_was():
     assert torch.equal(net.L2.conv.weight.grad, torch.ones_like(net.L2.conv.weight))
     assert hooks == [len(m._forward_hooks) for m in net.modules()]
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+
+
+# --- the cone: cropping the outputs of earlier layers as well as the input --------------------------------
+
+
+def test_relative_field_inverts_composition():
+    from gradsight.receptive.algebra import AxisField, chain_field
+
+    layers = [(7, 2, 3), (3, 2, 1), (3, 1, 1), (3, 2, 1, 1), (3, 1, 2, 2), (1, 1, 0)]
+    for k in range(len(layers) + 1):
+        earlier, whole = chain_field(layers[:k]), chain_field(layers)
+        assert whole.after(earlier) == chain_field(layers[k:])
+    # by hand: a 3x3/2 conv (padding 1) then a 3x3/1 conv (padding 1): S = 2 * 1, start = -1 - 1 * 2, and
+    # end = 1 + 1 * 2; on the first conv's grid the second sees one unit either side
+    assert AxisField(2, -3, 3).after(AxisField(2, -1, 1)) == AxisField(1, -1, 1)
+    assert AxisField(2, -1, 2).after(AxisField(2, -1, 1)) is None  # 2 - 1 is odd: not a chain
+
+
+class _TwoPaths(nn.Module):
+    """a -> b, then c reads b's output plus a's: a is a cut for c, b is not (a's output skips over b)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = (nn.Conv2d(1 if i == 0 else 3, 3, 3, padding=1) for i in range(3))
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return self.c(torch.relu(self.b(y)) + y)
+
+
+def test_cuts_follow_every_path():
+    report = gradsight.receptive_field(torchvision.models.resnet18(), (96, 96))
+    assert report.is_cut(report["layer1.0"], report["layer2"])
+    assert report.is_cut(report["layer1.0.conv1"], report["layer1.0.conv2"])
+    assert not report.is_cut(report["layer1.0.conv1"], report["layer1.0"])  # the identity path skips it
+    assert not report.is_cut(report["layer1.0.relu"], report["layer2"])  # shared ReLU: runs several times
+    assert not report.is_cut(report["layer2"], report["layer1"])  # later, not earlier
+    net = _TwoPaths().eval()
+    report = gradsight.receptive_field(net, (40, 40))
+    assert report.is_cut(report["a"], report["c"]) and not report.is_cut(report["b"], report["c"])
+    x = np.random.default_rng(0).random((40, 40, 1), dtype=np.float32)
+    for unit in [(20, 20, 1), (0, 39, 2)]:
+        ours = gradsight.node_gradient(net, "c", unit, x)
+        ref = captum_unit_gradient(net, net.c, x, unit)
+        np.testing.assert_allclose(ours.gradient, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+
+
+def _arriving_shapes(module: nn.Module, call):
+    """Spatial shapes of what reaches ``module`` while ``call`` runs (a user hook: gradsight then runs the
+    user's own model, so the hook sees the cropped tensors)."""
+    seen = []
+    handle = module.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape[2:])))
+    try:
+        call()
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_the_unit_layer_runs_on_its_cone_only(monkeypatch):
+    net = seed_cnn("same")
+    gradsight.receptive_field(net)  # traced once, before the hook below starts counting
+    # by default small crops are skipped (they cost more than they save); with every crop taken, the last
+    # convolution of L6 (3x3, stride 2) gets the 3 x 3 of L5 one unit needs (the whole L5 is 32 x 32)
+    monkeypatch.setattr(node_gradient_module, "MIN_CROPPED_VALUES", 0)
+    seen = _arriving_shapes(net.L6.conv, lambda: gradsight.node_gradient(net, "L6", (8, 8, 0)))
+    assert seen == [(3, 3)]
+    g = gradsight.node_gradient(net, "L6", (8, 8, 0))
+    ref = captum_unit_gradient(net, net.L6, g.inputs, (8, 8, 0))
+    np.testing.assert_allclose(g.gradient, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18().eval()
+    x = np.random.default_rng(2).random((224, 224, 3), dtype=np.float32)
+    report = gradsight.receptive_field(resnet, (224, 224))
+    gradsight.node_gradient(resnet, "layer3", (7, 7, 3), x)  # traces the fields at this input size
+    # the centre unit of layer3 sees more than the input (field 211 + borders), yet layer3.1 needs only its
+    # field on layer3.0's grid: (r_L - r_b) / S_b + 1 units per axis
+    layer, block = report["layer3"], report["layer3.0"]
+    need = (layer.size[0] - block.size[0]) // block.stride[0] + 1
+    seen = _arriving_shapes(resnet.layer3[1], lambda: gradsight.node_gradient(resnet, "layer3", (7, 7, 3), x))
+    assert seen == [(need, need)] and need < 14
+    full = gradsight.node_gradient(resnet, "layer3", (7, 7, 3), x, crop=False)
+    every_crop = gradsight.node_gradient(resnet, "layer3", (7, 7, 3), x)
+    monkeypatch.undo()
+    default = gradsight.node_gradient(resnet, "layer3", (7, 7, 3), x)
+    assert every_crop.cropped and default.cropped and not full.cropped
+    for g in (every_crop, default):
+        np.testing.assert_allclose(g.gradient, full.gradient, rtol=1e-5, atol=1e-5 * np.abs(full.gradient).max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18 (residual)", "mobilenet_v2 (depthwise, residual)",
+                                  "timm tf_efficientnet_lite0 (TF same padding)", "dilated context module",
+                                  "vgg11 features"])
+def test_cone_crops_equal_the_full_computation_on_the_zoo(name, monkeypatch):
+    from test_measured_fields import ZOO
+
+    monkeypatch.setattr(node_gradient_module, "MIN_CROPPED_VALUES", 0)  # take every crop, however small
+
+    factory, size, _ = ZOO[name]
+    torch.manual_seed(0)
+    net = factory().eval()
+    x = np.random.default_rng(4).random((*size, 3 if name != "dilated context module" else 1), dtype=np.float32)
+    report = gradsight.receptive_field(net, size)
+    layers = [f for f in report.rows(3) if not f.is_global and f.spatial_shape and f.size][3::4]
+    assert len(layers) >= 3
+    deeper_crops = 0
+    for field in layers:
+        rows, cols = field.spatial_shape
+        for unit in [(rows // 2, cols // 2, 0), (0, cols - 1, 1)]:
+            plan = node_gradient_module.crop_plan(report, field, unit[:2])
+            deeper_crops += plan is not None and len(plan.steps) > 1
+            cropped = gradsight.node_gradient(net, field.name, unit, x)
+            full = gradsight.node_gradient(net, field.name, unit, x, crop=False)
+            scale = max(np.abs(full.gradient).max(), 1e-30)
+            np.testing.assert_allclose(cropped.gradient, full.gradient, rtol=1e-5, atol=2e-5 * scale,
+                                       err_msg=f"{field.name} {unit}")
+    assert deeper_crops >= 2  # crops of intermediate outputs were exercised, not only the input crop

@@ -151,7 +151,7 @@ class KerasAdapter:
             per_model[name] = keras.Model(model.inputs, model.get_layer(name).output)
         return per_model[name]
 
-    def unit_gradients(self, model, layer, units, inputs, crop=None, batch_size=32, unit_offset=None, fast=True):
+    def unit_gradients(self, model, layer, units, inputs, plan=None, batch_size=32, fast=True):
         name, _ = self.resolve_layer(model, layer)
         partial = self.partial_model(model, name)
         grads = np.zeros((len(units), *inputs.shape), dtype=np.float32)

@@ -67,10 +67,10 @@ class TorchAdapter:
 
         return resolve_module(model, layer)
 
-    def unit_gradients(self, model, layer, units, inputs, crop=None, batch_size=32, unit_offset=None, fast=True):
+    def unit_gradients(self, model, layer, units, inputs, plan=None, batch_size=32, fast=True):
         from .torch_units import unit_gradients
 
-        return unit_gradients(model, layer, units, inputs, crop, batch_size, unit_offset, fast)
+        return unit_gradients(model, layer, units, inputs, plan, batch_size, fast)
 
     def support_map(self, model, layer, position, inputs, seed=0):
         from .torch_units import support_map
@@ -175,21 +175,26 @@ def _select(logits: torch.Tensor, chosen: torch.Tensor, score: str) -> torch.Ten
 _FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _fingerprint(model: nn.Module) -> tuple:
-    tensors = [*model.parameters(), *model.buffers()]
-    return tuple((id(t), t._version, t.device) for t in tensors)
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-def _has_hooks(model: nn.Module) -> bool:
-    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return any(getattr(m, n, None) for m in model.modules() for n in names)
+def _fingerprint(model: nn.Module) -> tuple | None:
+    """Identity and version of every parameter and buffer, in one walk over the modules; None if any module
+    has hooks (the user's hooks must see the user's modules)."""
+    key = []
+    for module in model.modules():
+        if any(getattr(module, n, None) for n in _HOOKS):
+            return None
+        for group in (module._parameters, module._buffers):
+            key.extend((id(t), t._version, t.device) for t in group.values() if t is not None)
+    return tuple(key)
 
 
 def folded_copy(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     """The cached folded copy of ``model``, or None when folding does not apply or does not check out."""
-    if _has_hooks(model):
-        return None  # the user's hooks must see the user's modules
     key = _fingerprint(model)
+    if key is None:
+        return None
     cached = _FOLDED.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -203,8 +208,19 @@ def _bn_replacement(bn: nn.Module) -> nn.Module | None:
         return nn.Identity()
     # timm's BatchNormAct2d is BatchNorm2d followed by its own `drop` and `act` submodules.
     if type(bn).__name__ == "BatchNormAct2d" and hasattr(bn, "act") and hasattr(bn, "drop"):
-        return nn.Sequential(bn.drop, bn.act)
+        return _DropAct(bn.drop, bn.act)
     return None
+
+
+class _DropAct(nn.Module):
+    """What is left of timm's BatchNormAct2d once its BatchNorm is folded; keeps the names ``drop``, ``act``."""
+
+    def __init__(self, drop: nn.Module, act: nn.Module):
+        super().__init__()
+        self.drop, self.act = drop, act
+
+    def forward(self, x):
+        return self.act(self.drop(x))
 
 
 def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:

@@ -54,10 +54,10 @@ def _as_list(value, n: int) -> list[int]:
 
 
 class _Tracked:
-    __slots__ = ("tensor", "field", "dims")
+    __slots__ = ("tensor", "field", "dims", "seq")
 
-    def __init__(self, tensor, field: Field, dims: tuple[int, ...]):
-        self.tensor, self.field, self.dims = tensor, field, dims
+    def __init__(self, tensor, field: Field, dims: tuple[int, ...], seq: int):
+        self.tensor, self.field, self.dims, self.seq = tensor, field, dims, seq
 
 
 class _FieldMode(TorchDispatchMode):
@@ -68,6 +68,10 @@ class _FieldMode(TorchDispatchMode):
         self.local_ops: dict[str, list[tuple[AxisField, ...]]] = {}
         self.input_sizes: tuple[int, ...] = ()
         self.first_kernel_seen = False
+        # Operation k (1, 2, ...) creates tensors with seq k; lowest[k] is the oldest seq among its inputs.
+        # A tensor with seq t is then a cut for one created later at seq l when no operation in (t, l] reads
+        # anything older than t: every path from the input to it runs through the seq-t tensor.
+        self.lowest: list[int] = [0]
 
     def lookup(self, value) -> _Tracked | None:
         if not isinstance(value, torch.Tensor):
@@ -77,7 +81,7 @@ class _FieldMode(TorchDispatchMode):
 
     def track(self, tensor, field: Field, dims: tuple[int, ...]) -> None:
         if isinstance(tensor, torch.Tensor):
-            self.tracked[id(tensor)] = _Tracked(tensor, field, dims)
+            self.tracked[id(tensor)] = _Tracked(tensor, field, dims, len(self.lowest) - 1)
 
     def where(self) -> str:
         return (self.stack[-1] if self.stack else "") or ROOT
@@ -94,6 +98,7 @@ class _FieldMode(TorchDispatchMode):
         flat_args, _ = tree_flatten((args, kwargs))
         inputs = [t for t in (self.lookup(a) for a in flat_args) if t is not None]
         if inputs:
+            self.lowest.append(min(t.seq for t in inputs))
             self.propagate(func, args, inputs, out)
         return out
 
@@ -269,7 +274,8 @@ def trace_fields(model: nn.Module, input_shape: tuple[int, ...] | None = None,
     stack: list[str] = []
     mode = _FieldMode(stack)
     mode.input_sizes = tuple(input_shape[1:])
-    records: dict[str, tuple[nn.Module, object]] = {}
+    records: dict[str, tuple[nn.Module, object, int]] = {}
+    calls: dict[str, int] = {}
     order: list[str] = []
     handles = []
     names = {m: n for n, m in model.named_modules()}
@@ -279,8 +285,10 @@ def trace_fields(model: nn.Module, input_shape: tuple[int, ...] | None = None,
 
     def post(module, args, out):
         layer = (stack.pop() if stack else "?") or ROOT
+        calls[layer] = calls.get(layer, 0) + 1
         if layer not in records:
-            records[layer] = (module, out)
+            tracked = mode.lookup(out)  # its seq now: in-place operations later give the object a new one
+            records[layer] = (module, out, tracked.seq if tracked is not None else -1)
             order.append(layer)
 
     for module in model.modules():
@@ -302,14 +310,14 @@ def trace_fields(model: nn.Module, input_shape: tuple[int, ...] | None = None,
     layers = []
     spatial = tuple(input_shape[1:])
     for layer in order:
-        module, out = records[layer]
+        module, out, seq = records[layer]
         tracked = mode.lookup(out) if isinstance(out, torch.Tensor) else None
         if tracked is None:
             continue
         geometry = _geometry(mode.local_ops.get(layer))
         layers.append(LayerField(layer, type(module).__name__, tuple(out.shape[1:]), tracked.field, spatial,
-                                 geometry))
-    return FieldReport(name or type(model).__name__, spatial, tuple(layers))
+                                 geometry, seq=seq, calls=calls[layer]))
+    return FieldReport(name or type(model).__name__, spatial, tuple(layers), tuple(mode.lowest))
 
 
 def _geometry(ops) -> LayerGeometry | None:

@@ -77,47 +77,112 @@ def layer_output(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.
     return out
 
 
-def unit_gradients(model: nn.Module, layer, units: np.ndarray, inputs: np.ndarray,
-                   crop: tuple[tuple[int, int], ...] | None = None, batch_size: int = 32,
-                   unit_offset: tuple[int, ...] | None = None, fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
+class _Cropper:
+    """Forward hooks that crop the outputs of a crop plan's layers (see gradsight.methods.node_gradient).
+
+    Each crop window is in its tensor's full-size coordinates. The tensor that actually arrives was computed
+    from an earlier crop, so it starts at ``start * stride / own stride`` of the last crop applied; a window
+    that does not fit inside what arrived is skipped (never wrong, only slower).
+    """
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.reset()
+
+    def reset(self) -> None:
+        first = self.steps[0]
+        self.start = [a for a, _ in first.window]
+        self.stride = list(first.stride)
+
+    def offset(self, stride) -> list[int] | None:
+        scaled = [a * s for a, s in zip(self.start, self.stride)]
+        if any(v % s for v, s in zip(scaled, stride)):
+            return None
+        return [v // s for v, s in zip(scaled, stride)]
+
+    def hook(self, step):
+        def crop(module, args, out):
+            if not isinstance(out, torch.Tensor) or out.ndim != 2 + len(step.window):
+                return None
+            offset = self.offset(step.stride)
+            if offset is None:
+                return None
+            local = [(a - o, b - o) for (a, b), o in zip(step.window, offset)]
+            if any(a < 0 or b > n for (a, b), n in zip(local, out.shape[2:])):
+                return None
+            self.start, self.stride = [a for a, _ in step.window], list(step.stride)
+            return out[(slice(None), slice(None), *(slice(a, b) for a, b in local))]
+        return crop
+
+
+def unit_gradients(model: nn.Module, layer, units: np.ndarray, inputs: np.ndarray, plan=None, batch_size: int = 32,
+                   fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """d z[unit] / d input for each (row, col, channel) unit; one input (H, W, C) shared by all units.
 
-    With ``crop`` = ((row0, row1), (col0, col1)) only that part of the input is run (end exclusive) and the
-    units are shifted by ``unit_offset``; the gradients come back pasted into a full-size zero array.
-    ``fast`` runs the BatchNorm-folded copy of the model used for saliency (unless the layer is a convolution
-    whose BatchNorm was folded into it, whose output would then differ).
+    ``plan``: None (every unit on the whole input); a CropPlan for a single unit, which crops the input and
+    the outputs of earlier layers so that only what the unit can see is computed; or one CropPlan per unit,
+    input windows of one size, so that the units' windows are stacked into batches. Gradients come back
+    pasted into full-size zero arrays. ``fast`` runs the BatchNorm-folded copy of the model used for
+    saliency (unless the layer is a convolution whose BatchNorm was folded into it, whose output would then
+    differ).
     """
     name, module = resolve_module(model, layer)
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     device = param.device if param is not None else torch.device("cpu")
     full = torch.from_numpy(np.ascontiguousarray(inputs)).permute(2, 0, 1).to(device, dtype)
-    part = full if crop is None else full[(slice(None), *(slice(a, b) for a, b in crop))]
-    shift = np.zeros(3, dtype=np.int64) if unit_offset is None else np.array([*unit_offset, 0])
+    plans = [plan] * len(units) if plan is None or not isinstance(plan, (list, tuple)) else list(plan)
+    windows = [None if p is None else p.steps[0].window for p in plans]
+    deeper = plans[0] if len(units) == 1 and plans[0] is not None and len(plans[0].steps) > 1 else None
     grads = np.zeros((len(units), *inputs.shape), dtype=np.float32 if dtype != torch.float64 else np.float64)
     values = np.zeros(len(units))
+    handles = []
     with eval_mode(model), torch.enable_grad():
         runner = folded_copy(model, full[None]) if fast else None
         if runner is not None and name not in runner.gradsight_folded_convs:
             model, module = runner, (runner if name == ROOT else runner.get_submodule(name))
-        for start in range(0, len(units), batch_size):
-            chunk = units[start:start + batch_size] - shift
-            x = part.expand(len(chunk), *part.shape).clone(memory_format=torch.channels_last).requires_grad_(True)
-            z = layer_output(model, module, x)
-            if z.ndim != 4:
-                raise BadInputError(f"layer {name!r}", expected="a feature map (N, channels, rows, cols)",
-                                    got=f"output of shape {tuple(z.shape)}", fix="pick a convolutional layer")
-            rows = torch.arange(len(chunk))
-            c, r, q = (torch.as_tensor(chunk[:, i]) for i in (2, 0, 1))
-            picked = z[rows, c, r, q]
-            (grad,) = torch.autograd.grad(picked.sum(), x)
-            block = grad.permute(0, 2, 3, 1).detach().cpu().numpy()
-            if crop is None:
-                grads[start:start + len(chunk)] = block
-            else:
-                grads[(slice(start, start + len(chunk)), *(slice(a, b) for a, b in crop))] = block
-            values[start:start + len(chunk)] = picked.detach().cpu().numpy()
+        cropper = _Cropper(deeper.steps) if deeper is not None else None
+        try:
+            for step in deeper.steps[1:] if deeper is not None else ():
+                try:
+                    target = model.get_submodule(step.layer)
+                except AttributeError:  # not in the folded copy: skipping a crop costs time, never accuracy
+                    continue
+                handles.append(target.register_forward_hook(cropper.hook(step)))
+            for start in range(0, len(units), batch_size):
+                rows = range(start, min(start + batch_size, len(units)))
+                x = torch.stack([_window_of(full, windows[i]) for i in rows]).contiguous(
+                    memory_format=torch.channels_last).requires_grad_(True)
+                if cropper is not None:
+                    cropper.reset()
+                z = layer_output(model, module, x)
+                if z.ndim != 4:
+                    raise BadInputError(f"layer {name!r}", expected="a feature map (N, channels, rows, cols)",
+                                        got=f"output of shape {tuple(z.shape)}", fix="pick a convolutional layer")
+                local = np.array([units[i] for i in rows])
+                for i, row in enumerate(rows):
+                    if cropper is not None:
+                        local[i, :2] -= cropper.offset(plans[row].stride)
+                    elif plans[row] is not None:
+                        local[i, :2] -= [a // s for (a, _), s in zip(windows[row], plans[row].stride)]
+                picked = z[torch.arange(len(local)), *(torch.as_tensor(local[:, i]) for i in (2, 0, 1))]
+                (grad,) = torch.autograd.grad(picked.sum(), x)
+                block = grad.permute(0, 2, 3, 1).detach().cpu().numpy()
+                for i, row in enumerate(rows):
+                    grads[(row, *_slices(windows[row], inputs.shape[:2]))] = block[i]
+                values[start:start + len(local)] = picked.detach().cpu().numpy()
+        finally:
+            for handle in handles:
+                handle.remove()
     return grads, values
+
+
+def _slices(window, size) -> tuple[slice, ...]:
+    return tuple(slice(0, n) for n in size) if window is None else tuple(slice(a, b) for a, b in window)
+
+
+def _window_of(full: torch.Tensor, window) -> torch.Tensor:
+    return full if window is None else full[(slice(None), *_slices(window, None))]
 
 
 _LINEAR_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,

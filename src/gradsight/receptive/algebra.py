@@ -50,6 +50,18 @@ class AxisField:
         return AxisField(self.stride * stride, self.start - padding * self.stride,
                          self.end + (reach - padding) * self.stride)
 
+    def after(self, earlier: AxisField) -> AxisField | None:
+        """The field of this tensor's units on ``earlier``'s grid, when this field is ``earlier``'s followed
+        by more layers: AxisField(2, -1, 3).after(AxisField(2, -1, 1)) is AxisField(1, 0, 1).
+
+        Composition gives stride = S_e * s, start = a_e + a * S_e and end = e_e + e * S_e; this solves for
+        (s, a, e), and returns None when they are not whole numbers (the fields do not chain).
+        """
+        step = earlier.stride
+        if self.stride % step or (self.start - earlier.start) % step or (self.end - earlier.end) % step:
+            return None
+        return AxisField(self.stride // step, (self.start - earlier.start) // step, (self.end - earlier.end) // step)
+
     def span(self, unit: int, length: int | None = None) -> tuple[int, int]:
         """Input indices (first, last) seen by ``unit``, clipped to [0, length - 1] when length is given."""
         first, last = unit * self.stride + self.start, unit * self.stride + self.end

@@ -27,6 +27,8 @@ class LayerField:
     field: Field
     input_size: tuple[int, ...]  # (rows, cols) of the model input
     geometry: LayerGeometry | None = None  # the layer's own kernel/stride/padding/dilation, if it has them
+    seq: int = -1  # position of the operation that made this output in the traced run (-1: not recorded)
+    calls: int = 1  # how many times the module ran in that run
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -109,6 +111,7 @@ class FieldReport:
     model_name: str
     input_size: tuple[int, ...]
     layers: tuple[LayerField, ...]
+    lowest_input_seq: tuple[int, ...] = ()  # per traced operation, the oldest tensor it read (see is_cut)
 
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
@@ -126,6 +129,17 @@ class FieldReport:
 
     def __len__(self) -> int:
         return len(self.layers)
+
+    def is_cut(self, earlier: LayerField, layer: LayerField) -> bool:
+        """True when ``layer`` depends on the input only through ``earlier``'s output (every path runs
+        through it), so that cropping that output to ``layer``'s field cannot change ``layer``.
+
+        Known only for traces that record operation order (PyTorch); modules that ran more than once are
+        never cuts (a hook on them would act on every call).
+        """
+        if not self.lowest_input_seq or earlier.calls != 1 or not 0 < earlier.seq < layer.seq:
+            return False
+        return min(self.lowest_input_seq[earlier.seq + 1:layer.seq + 1]) >= earlier.seq
 
     def rows(self, depth: int | None = 1) -> list[LayerField]:
         """Layers nested at most ``depth`` deep (1: the model's direct children); None for every module."""
