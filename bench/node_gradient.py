@@ -2,7 +2,8 @@
 
 Run:  .venv/bin/python bench/node_gradient.py [--repeats 7]
 
-Cases: (a) units (0, 0, 0) and a centre unit of L6 of the seed CNN (TF 'same' padding, 128 x 128 x 1);
+Cases: (a) units (0, 0, 0) and a centre unit of L6 of the seed CNN (TF 'same' padding, 128 x 128 x 1), and all
+256 units of one L6 channel (gradsight's batched form against one Captum call per unit);
 (b) a centre unit of torchvision ResNet50's layer3 (random weights) at 224 x 224, where the unit's analytic
 field (267 px) covers the whole input, and at 512 x 512, where it does not. For each: median time per call of
 both, their ratio, and the largest difference of the gradients relative to the largest gradient. Then the time
@@ -70,6 +71,30 @@ def strongest_channel(net, module, x_hwc: np.ndarray, position) -> int:
     return int(z[0, :, position[0], position[1]].argmax())
 
 
+def whole_channel(label: str, net, layer: str, channel: int, x_hwc: np.ndarray, repeats: int) -> None:
+    """Every unit of one channel: gradsight's batched form against Captum called once per unit."""
+    module = net.get_submodule(layer)
+    x = torch.from_numpy(x_hwc).permute(2, 0, 1)[None].contiguous()
+    explainer = NeuronGradient(net, module)
+    ours = gradsight.node_gradients(net, layer, channel=channel, inputs=x_hwc)
+    positions = [tuple(int(v) for v in u[:2]) for u in ours.units]
+
+    def captum():
+        return [explainer.attribute(x, neuron_selector=(channel, r, c)) for r, c in positions]
+
+    reference = np.stack([g[0].permute(1, 2, 0).detach().numpy() for g in captum()])
+    times = {"gradsight": [], "captum": []}
+    for _ in range(repeats):
+        times["gradsight"].append(_timed(lambda: gradsight.node_gradients(net, layer, channel=channel,
+                                                                           inputs=x_hwc)))
+        times["captum"].append(_timed(captum))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    diff = float(np.abs(ours.gradients - reference).max() / max(np.abs(reference).max(), 1e-30))
+    print(f"{label:44s} {med['gradsight'] * 1e3:9.1f} {med['captum'] * 1e3:9.1f} "
+          f"{med['captum'] / med['gradsight']:8.1f}x {diff:9.1e} {'yes' if ours.cropped else 'no':>7s} "
+          f"{'':>9s}", flush=True)
+
+
 def seed_cnn_floor(net, captum_ms: float, repeats: int) -> None:
     """No gradsight code at all: the six convolutions of L1..L6 as valid convolutions on the 33 x 33 input
     cone of one unit, with autograd. Nothing exact that runs PyTorch operations one by one can do less."""
@@ -127,6 +152,7 @@ def main() -> None:
     case("seed CNN L6 unit (0, 0, 0)", net, "L6", (0, 0, 0), x, args.repeats)
     captum_ms = case("seed CNN L6 centre unit (8, 8, 0)", net, "L6", (8, 8, 0), x, args.repeats)
     seed_cnn_floor(net, captum_ms, args.repeats)
+    whole_channel("seed CNN L6, all 256 units of channel 0", net, "L6", 0, x, 3)
     torch.manual_seed(0)
     resnet = torchvision.models.resnet50().eval()
     for size in (224, 512):

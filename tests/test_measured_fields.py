@@ -50,6 +50,12 @@ ZOO = {
     "timm tf_efficientnet_lite0 (TF same padding)": (lambda: timm.create_model("tf_efficientnet_lite0"),
                                                      (160, 160), 2),
     "dilated context module": (dilated_context_net, (96, 96), 1),
+    # unpadded stride-2 layers and ceil-mode pools leave trailing rows that no unit reads
+    "squeezenet1_1 (ceil-mode pools)": (lambda: torchvision.models.squeezenet1_1(), (128, 128), 2),
+    "inception_v3 (unpadded strided convolutions)": (
+        lambda: torchvision.models.inception_v3(init_weights=True, aux_logits=False), (160, 160), 1),
+    # nn.Linear on channels-last maps folds positions into matrix rows and back (view, addmm, view)
+    "convnext_tiny (LayerNorm, Linear on channels-last)": (lambda: torchvision.models.convnext_tiny(), (96, 96), 2),
 }
 
 

@@ -226,7 +226,8 @@ def test_the_unit_layer_runs_on_its_cone_only(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18 (residual)", "mobilenet_v2 (depthwise, residual)",
                                   "timm tf_efficientnet_lite0 (TF same padding)", "dilated context module",
-                                  "vgg11 features"])
+                                  "vgg11 features", "convnext_tiny (LayerNorm, Linear on channels-last)",
+                                  "squeezenet1_1 (ceil-mode pools)", "inception_v3 (unpadded strided convolutions)"])
 def test_cone_crops_equal_the_full_computation_on_the_zoo(name, monkeypatch):
     from test_measured_fields import ZOO
 

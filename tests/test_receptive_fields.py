@@ -101,6 +101,22 @@ def test_rectangular_kernels_and_asymmetric_padding():
     assert layer.size == (3, 5) and layer.stride == (1, 2) and layer.padding == (1, 3)
 
 
+def test_rows_no_unit_reads_are_clipped_away():
+    # 128 rows, a 3x3/2 convolution without padding: 63 units, the last (62) reads rows 2*62 .. 2*62+2 =
+    # 124..126 — row 127 is never read. A 3x3/1 convolution with padding 1 on top: its last unit (62) reads
+    # units 61..63 of the first (63 is padding), so rows 2*61 .. 2*62+2 = 122..126, not ..127.
+    net = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2), nn.Conv2d(1, 1, 3, padding=1))
+    report = trace_fields(net, (1, 128, 128))
+    assert report["0"].rect((62, 0)) == ((124, 126), (0, 2))
+    assert report["1"].rect((62, 62)) == ((122, 126), (122, 126))
+    assert report["1"].rect((0, 0)) == ((0, 4), (0, 4))  # units -1 (padding), 0, 1: rows 0 .. 2*1+2
+    assert report["1"].field.reach == ((0, 126), (0, 126))
+    torch.manual_seed(0)
+    _, check = gradsight.measure_field(net.eval(), "1", (62, 62), input_size=(128, 128), mode="linear")
+    assert check.measured == check.analytic == ((122, 126), (122, 126))
+    # SqueezeNet 1.1 and Inception v3 have such layers; tests/test_measured_fields.py checks them whole
+
+
 def test_misaligned_paths_are_reported():
     class TwoPaths(nn.Module):
         def __init__(self):

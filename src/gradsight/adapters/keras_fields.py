@@ -114,7 +114,7 @@ class _Walker:
                                         got=" x ".join(map(str, self.input_sizes)), fix="pass a larger input size")
             lefts, outs = _window(layer, sizes, kernel, stride, dilation, layer.padding)
             geometry = LayerGeometry(kernel, stride, tuple(lefts), dilation)
-            return field.then(kernel, stride, lefts, dilation), tuple(outs), geometry
+            return field.then(kernel, stride, lefts, dilation).within(outs), tuple(outs), geometry
         if isinstance(layer, (L.ZeroPadding1D, L.ZeroPadding2D, L.Cropping1D, L.Cropping2D)):
             pads = layer.padding if isinstance(layer, (L.ZeroPadding1D, L.ZeroPadding2D)) else layer.cropping
             pads = [pads] if n == 1 else list(pads)
@@ -122,7 +122,7 @@ class _Walker:
             lefts = [sign * p[0] for p in pads]
             outs = [s + sign * (p[0] + p[1]) for s, p in zip(sizes, pads)]
             geometry = LayerGeometry((1,) * n, (1,) * n, tuple(lefts), (1,) * n)
-            return field.then((1,) * n, (1,) * n, lefts, (1,) * n), tuple(outs), geometry
+            return field.then((1,) * n, (1,) * n, lefts, (1,) * n).within(outs), tuple(outs), geometry
         if isinstance(layer, _GLOBAL):
             return Field.everything(field.misaligned), (), None
         if isinstance(layer, _MERGES):

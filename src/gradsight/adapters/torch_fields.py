@@ -54,10 +54,17 @@ def _as_list(value, n: int) -> list[int]:
 
 
 class _Tracked:
-    __slots__ = ("tensor", "field", "dims", "seq")
+    """A tensor derived from the input: its field, which of its axes are spatial, and when it was made.
 
-    def __init__(self, tensor, field: Field, dims: tuple[int, ...], seq: int):
-        self.tensor, self.field, self.dims, self.seq = tensor, field, dims, seq
+    ``rows`` is set while positions are folded into the rows of a 2-D (positions, features) matrix, as
+    nn.Linear does to a channels-last map (view, addmm, view back): the shape before folding, minus the
+    features axis, and the spatial axes within it.
+    """
+
+    __slots__ = ("tensor", "field", "dims", "seq", "rows")
+
+    def __init__(self, tensor, field: Field, dims: tuple[int, ...], seq: int, rows=None):
+        self.tensor, self.field, self.dims, self.seq, self.rows = tensor, field, dims, seq, rows
 
 
 class _FieldMode(TorchDispatchMode):
@@ -68,10 +75,9 @@ class _FieldMode(TorchDispatchMode):
         self.local_ops: dict[str, list[tuple[AxisField, ...]]] = {}
         self.input_sizes: tuple[int, ...] = ()
         self.first_kernel_seen = False
-        # Operation k (1, 2, ...) creates tensors with seq k; lowest[k] is the oldest seq among its inputs.
-        # A tensor with seq t is then a cut for one created later at seq l when no operation in (t, l] reads
-        # anything older than t: every path from the input to it runs through the seq-t tensor.
-        self.lowest: list[int] = [0]
+        # Operation k (1, 2, ...) creates tensors with seq k and reads the tensors whose seqs are reads[k]
+        # (the input has seq 0); FieldReport.is_cut works on this graph.
+        self.reads: list[tuple[int, ...]] = [()]
 
     def lookup(self, value) -> _Tracked | None:
         if not isinstance(value, torch.Tensor):
@@ -79,9 +85,9 @@ class _FieldMode(TorchDispatchMode):
         hit = self.tracked.get(id(value))
         return hit if hit is not None and hit.tensor is value else None
 
-    def track(self, tensor, field: Field, dims: tuple[int, ...]) -> None:
+    def track(self, tensor, field: Field, dims: tuple[int, ...], rows=None) -> None:
         if isinstance(tensor, torch.Tensor):
-            self.tracked[id(tensor)] = _Tracked(tensor, field, dims, len(self.lowest) - 1)
+            self.tracked[id(tensor)] = _Tracked(tensor, field, dims, len(self.reads) - 1, rows)
 
     def where(self) -> str:
         return (self.stack[-1] if self.stack else "") or ROOT
@@ -98,7 +104,7 @@ class _FieldMode(TorchDispatchMode):
         flat_args, _ = tree_flatten((args, kwargs))
         inputs = [t for t in (self.lookup(a) for a in flat_args) if t is not None]
         if inputs:
-            self.lowest.append(min(t.seq for t in inputs))
+            self.reads.append(tuple(t.seq for t in inputs))
             self.propagate(func, args, inputs, out)
         return out
 
@@ -110,7 +116,9 @@ class _FieldMode(TorchDispatchMode):
         name = func.overloadpacket.__name__
         first = inputs[0]
         outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
-        if name == "convolution":
+        if all(t.field.is_global for t in inputs):  # past global pooling nothing can narrow the field again
+            self.global_out(outs, first)
+        elif name == "convolution":
             if args[6]:
                 self.refuse(func, "transposed convolutions upsample")
             n = len(first.dims)
@@ -186,6 +194,9 @@ class _FieldMode(TorchDispatchMode):
                 n = len(first.dims)
                 self.apply_layer(first, outs, [1] * n, [step if i == axis else 1 for i in range(n)],
                                  [-start if i == axis else 0 for i in range(n)], [1] * n)
+        elif name in _LINEAR and first.rows is not None and first.tensor.ndim == 2:
+            for o in outs:  # one row per position, mixing only features
+                self.track(o, first.field, first.dims, first.rows)
         elif name in _LINEAR:
             if first.field.is_global or (first.tensor.ndim - 1) not in first.dims:
                 self.same(outs, first.field if not first.field.is_global else Field.everything(), first.dims)
@@ -213,7 +224,10 @@ class _FieldMode(TorchDispatchMode):
                                     got=" x ".join(map(str, sizes)), fix="pass a larger input size")
         self.note_local(tuple(AxisField().then(k, s, p, d) for k, s, p, d in zip(kernel, stride, padding, dilation)),
                         kernel, dilation)
-        self.same(outs, src.field.then(kernel, stride, padding, dilation), src.dims)
+        field = src.field.then(kernel, stride, padding, dilation)
+        if outs:
+            field = field.within([outs[0].shape[d] for d in src.dims])
+        self.same(outs, field, src.dims)
 
     def same(self, outs, field: Field, dims) -> None:
         for o in outs:
@@ -234,17 +248,31 @@ class _FieldMode(TorchDispatchMode):
                 field = Field.everything(field.misaligned or other.field.misaligned)
             else:
                 field = field.merge(other.field, where=f"{self.where()} ({func.overloadpacket.__name__})")
-        self.same(outs, field, base.dims if not field.is_global else base.dims)
+        for o in outs:  # positions folded into rows stay folded (a bias added after a matmul, say)
+            self.track(o, field, base.dims, base.rows if not field.is_global else None)
 
     def view(self, src: _Tracked, outs) -> None:
         if src.field.is_global:
             self.same(outs, src.field, ())
             return
         shape_in = list(src.tensor.shape)
-        first_spatial = min(src.dims)
-        suffix = shape_in[first_spatial:]
         for o in outs:
             shape_out = list(o.shape)
+            if src.rows is not None:
+                prefix, dims = src.rows
+                if tuple(shape_out[:-1]) == prefix:  # unfolded: the positions are axes again
+                    self.track(o, src.field, dims)
+                elif len(shape_out) == 2 and shape_out[0] == shape_in[0]:
+                    self.track(o, src.field, (0,), src.rows)
+                else:
+                    self.track(o, Field.everything(src.field.misaligned), ())
+                continue
+            if (len(shape_in) > 2 and len(shape_out) == 2 and shape_out[1] == shape_in[-1]
+                    and len(shape_in) - 1 not in src.dims):
+                # positions folded into rows, features kept: (N, H, W, C) -> (N*H*W, C)
+                self.track(o, src.field, (0,), (tuple(shape_in[:-1]), src.dims))
+                continue
+            suffix = shape_in[min(src.dims):]
             if len(shape_out) >= len(suffix) and shape_out[len(shape_out) - len(suffix):] == suffix:
                 shift = len(shape_out) - len(shape_in)
                 self.track(o, src.field, tuple(d + shift for d in src.dims))
@@ -317,7 +345,7 @@ def trace_fields(model: nn.Module, input_shape: tuple[int, ...] | None = None,
         geometry = _geometry(mode.local_ops.get(layer))
         layers.append(LayerField(layer, type(module).__name__, tuple(out.shape[1:]), tracked.field, spatial,
                                  geometry, seq=seq, calls=calls[layer]))
-    return FieldReport(name or type(model).__name__, spatial, tuple(layers), tuple(mode.lowest))
+    return FieldReport(name or type(model).__name__, spatial, tuple(layers), tuple(mode.reads))
 
 
 def _geometry(ops) -> LayerGeometry | None:

@@ -47,6 +47,11 @@ def resolve_module(model: nn.Module, layer) -> tuple[str, nn.Module]:
         return children[layer]
     if layer == ROOT:
         return ROOT, model
+    if isinstance(layer, str) and layer:
+        try:
+            return layer, model.get_submodule(layer)  # direct: no walk over every module
+        except AttributeError:
+            pass
     modules = dict(model.named_modules())
     if layer in modules and layer != "":
         return layer, modules[layer]

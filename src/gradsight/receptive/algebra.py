@@ -95,10 +95,14 @@ class Field:
     ``axes[i]`` holds one AxisField per distinct effective stride among the paths (normally one). ``axes`` is
     None when every unit sees the whole input (after global pooling, flattening, or an SE-style gate).
     ``misaligned`` names the first place where paths met with different strides or centres.
+    ``reach`` is, per axis, the (lowest, highest) input index that any unit of the tensor depends on (None:
+    not known, the whole input). It is narrower than the input when a layer drops trailing positions — a
+    3x3/2 convolution without padding on 128 rows never reads row 127 — and unit rectangles are clipped to it.
     """
 
     axes: tuple[tuple[AxisField, ...], ...] | None
     misaligned: str | None = None
+    reach: tuple[tuple[int, int], ...] | None = None
 
     @staticmethod
     def identity(ndim: int) -> Field:
@@ -118,7 +122,21 @@ class Field:
             return self
         axes = tuple(tuple(c.then(k, s, p, d) for c in comps)
                      for comps, k, s, p, d in zip(self.axes, kernels, strides, paddings, dilations))
-        return Field(axes, self.misaligned)
+        return Field(axes, self.misaligned, self.reach)
+
+    def within(self, sizes) -> Field:
+        """This field for a tensor of ``sizes`` units per axis: its reach is at most what unit 0 and the last
+        unit see (and never more than the tensor it was computed from could see)."""
+        if self.axes is None:
+            return self
+        reach = []
+        for axis, (comps, n) in enumerate(zip(self.axes, sizes)):
+            low = min(c.start for c in comps)
+            high = max((n - 1) * c.stride + c.end for c in comps)
+            if self.reach is not None:
+                low, high = max(low, self.reach[axis][0]), min(high, self.reach[axis][1])
+            reach.append((low, high))
+        return Field(self.axes, self.misaligned, tuple(reach))
 
     def merge(self, other: Field, where: str) -> Field:
         """The field of an element-wise combination (sum, product, concatenation) of two tensors."""
@@ -142,14 +160,18 @@ class Field:
                                   f"(stride {comp.stride}) meet")
                 by_stride[comp.stride] = AxisField(comp.stride, min(have.start, comp.start), max(have.end, comp.end))
             merged_axes.append(tuple(sorted(by_stride.values(), key=lambda c: c.stride)))
-        return Field(tuple(merged_axes), misaligned)
+        reach = None
+        if self.reach is not None and other.reach is not None:
+            reach = tuple((min(a[0], b[0]), max(a[1], b[1])) for a, b in zip(self.reach, other.reach))
+        return Field(tuple(merged_axes), misaligned, reach)
 
     def span(self, axis: int, unit: int, length: int) -> tuple[int, int]:
         """Outer bound (first, last) of the input indices ``unit`` sees on ``axis``, clipped to the input."""
         if self.axes is None:
             return 0, length - 1
         spans = [c.span(unit) for c in self.axes[axis]]
-        return max(min(s[0] for s in spans), 0), min(max(s[1] for s in spans), length - 1)
+        low, high = (0, length - 1) if self.reach is None else self.reach[axis]
+        return max(min(s[0] for s in spans), low, 0), min(max(s[1] for s in spans), high, length - 1)
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ class FieldReport:
     model_name: str
     input_size: tuple[int, ...]
     layers: tuple[LayerField, ...]
-    lowest_input_seq: tuple[int, ...] = ()  # per traced operation, the oldest tensor it read (see is_cut)
+    reads: tuple[tuple[int, ...], ...] = ()  # per traced operation, which earlier outputs it read (is_cut)
 
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
@@ -131,15 +131,23 @@ class FieldReport:
         return len(self.layers)
 
     def is_cut(self, earlier: LayerField, layer: LayerField) -> bool:
-        """True when ``layer`` depends on the input only through ``earlier``'s output (every path runs
-        through it), so that cropping that output to ``layer``'s field cannot change ``layer``.
+        """True when cropping ``earlier``'s output to ``layer``'s field cannot change ``layer`` nor break the
+        run up to it: every operation between the two feeds ``layer`` (no side branch also reads the cropped
+        tensor) and none reads anything older than ``earlier``'s output (every path runs through it).
 
         Known only for traces that record operation order (PyTorch); modules that ran more than once are
         never cuts (a hook on them would act on every call).
         """
-        if not self.lowest_input_seq or earlier.calls != 1 or not 0 < earlier.seq < layer.seq:
+        first, last = earlier.seq, layer.seq
+        if not self.reads or earlier.calls != 1 or not 0 < first < last:
             return False
-        return min(self.lowest_input_seq[earlier.seq + 1:layer.seq + 1]) >= earlier.seq
+        feeding, todo = {last}, [last]
+        while todo:  # every operation whose output ``layer`` depends on, back to ``earlier``
+            for seq in self.reads[todo.pop()]:
+                if seq > first and seq not in feeding:
+                    feeding.add(seq)
+                    todo.append(seq)
+        return all(k in feeding and min(self.reads[k]) >= first for k in range(first + 1, last + 1))
 
     def rows(self, depth: int | None = 1) -> list[LayerField]:
         """Layers nested at most ``depth`` deep (1: the model's direct children); None for every module."""
