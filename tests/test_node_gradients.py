@@ -7,9 +7,9 @@ import pytest
 import torch
 import torchvision
 from captum.attr import NeuronGradient
+from torch import nn
 
 import gradsight
-from torch import nn
 from gradsight.adapters.torch_zoo import seed_cnn
 from gradsight.methods import node_gradient as node_gradient_module
 from gradsight.methods.node_gradient import crop_window
