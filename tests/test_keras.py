@@ -122,6 +122,29 @@ def test_cross_framework_equality_of_the_seed_cnn():
         assert la.rect((0, 0)) == lb.rect((0, 0))
 
 
+def test_keras_node_gradients_run_on_windows_and_equal_the_full_input(resnet50):
+    torch_net, keras_model = torch_and_keras_seed()
+    x = np.random.default_rng(6).random((128, 128, 1), dtype=np.float32)
+    for unit in [(0, 0, 0), (8, 8, 5), (15, 15, 9)]:
+        cropped = gradsight.node_gradient(keras_model, "L6", unit, x)
+        full = gradsight.node_gradient(keras_model, "L6", unit, x, crop=False)
+        assert cropped.cropped and not full.cropped
+        np.testing.assert_allclose(cropped.gradient, full.gradient, rtol=1e-5,
+                                   atol=1e-6 * max(np.abs(full.gradient).max(), 1e-12))
+    channel = gradsight.node_gradients(keras_model, "L5", [(0, 0, 1), (31, 31, 2), (12, 20, 3)], inputs=x)
+    reference = gradsight.node_gradients(torch_net, "L5", channel.units, inputs=x)
+    np.testing.assert_allclose(channel.gradients, reference.gradients, rtol=1e-4,
+                               atol=1e-5 * np.abs(reference.gradients).max())
+    # Keras ResNet50 (TF "same" padding, stride-2 1x1 shortcuts) on its 224 x 224 input
+    image = np.random.default_rng(7).random((224, 224, 3), dtype=np.float32) * 255
+    for layer, unit in [("conv2_block1_out", (28, 28, 3)), ("conv3_block2_out", (0, 27, 7))]:
+        cropped = gradsight.node_gradient(resnet50, layer, unit, image)
+        full = gradsight.node_gradient(resnet50, layer, unit, image, crop=False)
+        assert cropped.cropped
+        np.testing.assert_allclose(cropped.gradient, full.gradient, rtol=1e-4,
+                                   atol=1e-5 * np.abs(full.gradient).max())
+
+
 def test_model_weights_and_flags_untouched():
     model = keras_seed_cnn()
     model.get_layer("L2").trainable = False

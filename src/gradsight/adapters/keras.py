@@ -99,7 +99,6 @@ class KerasAdapter:
     """The Keras implementation of what gradsight's methods ask of a framework."""
 
     name = "keras"
-    crops = False  # Keras partial models keep their Input's fixed size; node gradients use the whole input
 
     def class_score_gradient(self, model, inputs: np.ndarray, targets: list[int | None], score: str = "logit",
                              fast: bool = True) -> ScoreGradient:
@@ -152,25 +151,45 @@ class KerasAdapter:
         return per_model[name]
 
     def unit_gradients(self, model, layer, units, inputs, plan=None, batch_size=32, fast=True):
+        """As the PyTorch adapter's; crops use only the input window of each plan (no deeper cuts)."""
         name, _ = self.resolve_layer(model, layer)
         partial = self.partial_model(model, name)
+        plans = [plan] * len(units) if plan is None or not isinstance(plan, (list, tuple)) else list(plan)
+        if any(p is not None for p in plans):
+            try:
+                return self._unit_gradients(partial, name, units, inputs, plans, batch_size)
+            except (ValueError, tf.errors.InvalidArgumentError):  # a layer that insists on the full size
+                plans = [None] * len(units)
+        return self._unit_gradients(partial, name, units, inputs, plans, batch_size)
+
+    @staticmethod
+    def _unit_gradients(partial, name, units, inputs, plans, batch_size):
         grads = np.zeros((len(units), *inputs.shape), dtype=np.float32)
         values = np.zeros(len(units))
-        x_one = tf.convert_to_tensor(np.asarray(inputs, dtype=np.float32)[None])
+        array = np.asarray(inputs, dtype=np.float32)
+        windows = [None if p is None else tuple(slice(a, b) for a, b in p.steps[0].window) for p in plans]
+        whole = tuple(slice(0, n) for n in array.shape[:-1])
         for start in range(0, len(units), batch_size):
-            chunk = np.asarray(units[start:start + batch_size])
-            x = tf.repeat(x_one, len(chunk), axis=0)
+            rows = range(start, min(start + batch_size, len(units)))
+            x = tf.convert_to_tensor(np.stack([array[windows[i] or whole] for i in rows]))
+            local = np.array([units[i] for i in rows])
+            for i, row in enumerate(rows):
+                if plans[row] is not None:
+                    local[i, :2] -= [w.start // s for w, s in zip(windows[row], plans[row].stride)]
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                z = partial(x, training=False)
+                # .call runs the layers without the partial model's input-size check, so windows fit
+                z = partial.call(x, training=False) if windows[start] is not None else partial(x, training=False)
                 if len(z.shape) != 4:
                     raise BadInputError(f"layer {name!r}", expected="a feature map (N, rows, cols, channels)",
                                         got=f"output of shape {tuple(z.shape)}", fix="pick a convolutional layer")
-                index = np.stack([np.arange(len(chunk)), chunk[:, 0], chunk[:, 1], chunk[:, 2]], axis=1)
+                index = np.stack([np.arange(len(local)), local[:, 0], local[:, 1], local[:, 2]], axis=1)
                 picked = tf.gather_nd(z, index)
                 total = tf.reduce_sum(picked)
-            grads[start:start + len(chunk)] = np.asarray(tape.gradient(total, x))
-            values[start:start + len(chunk)] = np.asarray(picked)
+            block = np.asarray(tape.gradient(total, x))
+            for i, row in enumerate(rows):
+                grads[(row, *(windows[row] or whole))] = block[i]
+            values[start:start + len(local)] = np.asarray(picked)
         return grads, values
 
     def support_map(self, model, layer, position, inputs, seed=0):

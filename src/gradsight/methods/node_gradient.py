@@ -235,7 +235,7 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
         field.check_unit((int(x), int(y)))
         if not 0 <= c < channels:
             raise BadInputError(f"channel of layer {name!r}", expected=f"0..{channels - 1}", got=str(int(c)))
-    if not (crop and getattr(adapter, "crops", True)):
+    if not crop:
         grads, values = adapter.unit_gradients(network.module, name, table, array, None, batch_size, fast)
         return NodeGradients(grads, table, values, name, field, array, False)
     if len(table) == 1:
