@@ -6,7 +6,8 @@ Keras ResNet50 (random weights, ``weights=None``) on the bundled photo mirrored 
 224 x 224, explained for fixed classes. The plain loop is what a user writes by hand: an eager GradientTape
 over the pre-softmax logits. tf-keras-vis ``Saliency`` (with its ReplaceToLinear modifier, i.e. the logits)
 runs when it is installed (``pip install tf-keras-vis``). Prints the median time per call, the ratios, and the
-largest map difference relative to the largest map value.
+largest map difference relative to the largest map value. Then node gradients of the Keras seed CNN (each
+unit on its input window) against a GradientTape on the partial model over the whole input.
 """
 
 from __future__ import annotations
@@ -98,5 +99,45 @@ def main() -> None:
               f"{tkv_cols} {diff['tape']:9.1e} {tkv_diff} {first:10.2f}", flush=True)
 
 
+def node_gradients_on_windows(repeats: int) -> None:
+    """Keras seed CNN, L6: gradsight (each unit on its input window) against a hand-written GradientTape on
+    the partial model over the whole input, for one unit and for every unit of one channel."""
+    from gradsight.adapters.keras_models import keras_seed_cnn
+
+    model = keras_seed_cnn()
+    partial = keras.Model(model.inputs, model.get_layer("L6").output)
+    x = np.random.default_rng(0).random((128, 128, 1), dtype=np.float32)
+    units = [(r, c, 0) for r in range(16) for c in range(16)]
+
+    def tape(chosen):
+        out = []
+        for start in range(0, len(chosen), 32):
+            chunk = np.array(chosen[start:start + 32])
+            xt = tf.constant(np.repeat(x[None], len(chunk), axis=0))
+            with tf.GradientTape() as g:
+                g.watch(xt)
+                z = partial(xt, training=False)
+                total = tf.reduce_sum(tf.gather_nd(z, np.c_[np.arange(len(chunk)), chunk]))
+            out.append(g.gradient(total, xt).numpy())
+        return np.concatenate(out)
+
+    print(f"{'node gradients, Keras seed CNN L6':36s} {'gradsight s':>11s} {'tape s':>8s} {'vs tape':>8s} "
+          f"{'max diff':>9s}")
+    for label, chosen in (("unit (8, 8, 0)", units[8 * 16 + 8:8 * 16 + 9]), ("all 256 units of channel 0", units)):
+        ours = lambda chosen=chosen: gradsight.node_gradients(model, "L6", chosen, inputs=x).gradients  # noqa: E731
+        theirs = lambda chosen=chosen: tape(chosen)  # noqa: E731
+        a, b = ours(), theirs()
+        assert np.abs(b).max() > 0, "dead units only: nothing to compare"
+        times = {"ours": [], "tape": []}
+        for _ in range(repeats):
+            times["ours"].append(_timed(ours))
+            times["tape"].append(_timed(theirs))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        diff = np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+        print(f"{label:36s} {med['ours']:11.4f} {med['tape']:8.4f} {med['tape'] / med['ours']:7.2f}x {diff:9.1e}",
+              flush=True)
+
+
 if __name__ == "__main__":
     main()
+    node_gradients_on_windows(5)
