@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -54,6 +55,10 @@ def test_demo_writes_png_figure_npy_and_json(demo):
     assert record["preprocess"]["interpolation"] == "bicubic" and record["preprocess"]["crop"] == 224
     assert record["gradsight_version"] and record["model"] == "efficientnet_lite0"
     assert record["saliency_max"] == pytest.approx(float(raw.max()))
+    # written through temporary files, but with the mode any new file gets (0o666 minus the umask)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~mask}
 
 
 @pytest.mark.slow
