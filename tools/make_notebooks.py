@@ -117,7 +117,9 @@ g = gradsight.node_gradient("seed-cnn", "L6", (0, 0, 0))     # TF/Keras padding=
 print("z =", g.values[0], "  gradient shape", g.gradient.shape)
 print("non-zero gradient in rows/cols:", g.support_box())"""),
     ("md", """The model is run only up to L6 (a *partial model*), and only on the input window the unit can see —
-gradsight picks a window that leaves every padding unchanged, so the result is exactly the full computation:"""),
+gradsight picks a window that leaves every padding unchanged, so the result is exactly the full computation.
+(When it pays off, the outputs of earlier layers are cropped to the unit's field as well; many units at once
+run as a batch of windows.)"""),
     ("code", """full = gradsight.node_gradient("seed-cnn", "L6", (0, 0, 0), crop=False)
 print("cropped run:", g.cropped, "  largest difference to the full run:", np.abs(g.gradient - full.gradient).max())
 assert np.array_equal(g.gradient != 0, full.gradient != 0)"""),
