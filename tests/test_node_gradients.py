@@ -11,8 +11,8 @@ from torch import nn
 
 import gradsight
 from gradsight.adapters.torch_zoo import seed_cnn
-from gradsight.methods import node_gradient as node_gradient_module
-from gradsight.methods.node_gradient import crop_window
+from gradsight.methods import cone
+from gradsight.methods.cone import crop_window
 
 
 def captum_unit_gradient(net, layer_module, x_hwc: np.ndarray, unit) -> np.ndarray:
@@ -197,7 +197,7 @@ def test_the_unit_layer_runs_on_its_cone_only(monkeypatch):
     gradsight.receptive_field(net)  # traced once, before the hook below starts counting
     # by default small crops are skipped (they cost more than they save); with every crop taken, the last
     # convolution of L6 (3x3, stride 2) gets the 3 x 3 of L5 one unit needs (the whole L5 is 32 x 32)
-    monkeypatch.setattr(node_gradient_module, "MIN_CROPPED_VALUES", 0)
+    monkeypatch.setattr(cone, "MIN_CROPPED_VALUES", 0)
     seen = _arriving_shapes(net.L6.conv, lambda: gradsight.node_gradient(net, "L6", (8, 8, 0)))
     assert seen == [(3, 3)]
     g = gradsight.node_gradient(net, "L6", (8, 8, 0))
@@ -231,7 +231,7 @@ def test_the_unit_layer_runs_on_its_cone_only(monkeypatch):
 def test_cone_crops_equal_the_full_computation_on_the_zoo(name, monkeypatch):
     from test_measured_fields import ZOO
 
-    monkeypatch.setattr(node_gradient_module, "MIN_CROPPED_VALUES", 0)  # take every crop, however small
+    monkeypatch.setattr(cone, "MIN_CROPPED_VALUES", 0)  # take every crop, however small
 
     factory, size, _ = ZOO[name]
     torch.manual_seed(0)
@@ -244,7 +244,7 @@ def test_cone_crops_equal_the_full_computation_on_the_zoo(name, monkeypatch):
     for field in layers:
         rows, cols = field.spatial_shape
         for unit in [(rows // 2, cols // 2, 0), (0, cols - 1, 1)]:
-            plan = node_gradient_module.crop_plan(report, field, unit[:2])
+            plan = cone.crop_plan(report, field, unit[:2])
             deeper_crops += plan is not None and len(plan.steps) > 1
             cropped = gradsight.node_gradient(net, field.name, unit, x)
             full = gradsight.node_gradient(net, field.name, unit, x, crop=False)
