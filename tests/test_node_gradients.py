@@ -120,6 +120,17 @@ def test_bad_layer_and_unit_are_clear_errors():
         gradsight.node_gradient("seed-cnn", 12, (0, 0, 0))
 
 
+def test_too_many_full_size_gradients_is_a_clear_error(monkeypatch):
+    from gradsight.methods import node_gradient as module
+
+    # 256 units x 128 x 128 x 1 float32 = 16 MiB; with a 10 MiB budget that is too much, with 20 MiB it is not
+    monkeypatch.setattr(module, "MAX_RESULT_BYTES", 10 * 2 ** 20)
+    with pytest.raises(gradsight.BadInputError, match=r"at most 160 for a 128 x 128 x 1 input"):
+        gradsight.node_gradients("seed-cnn", "L6", channel=0)
+    monkeypatch.setattr(module, "MAX_RESULT_BYTES", 20 * 2 ** 20)
+    assert len(gradsight.node_gradients("seed-cnn", "L6", channel=0)) == 256
+
+
 def test_user_model_left_as_it_was():
     net = seed_cnn("torch").train()
     net.L2.conv.weight.grad = torch.ones_like(net.L2.conv.weight)

@@ -85,6 +85,9 @@ def _as_inputs(inputs, shape: tuple[int, ...], seed: int) -> np.ndarray:
     return array
 
 
+MAX_RESULT_BYTES = 4 * 2 ** 30  # node_gradients refuses to return more float32 gradients than this
+
+
 def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | None = None, inputs=None,
                    seed: int = 0, crop: bool = True, fast: bool = True, batch_size: int = 32) -> NodeGradients:
     """Gradients of many units of ``layer`` w.r.t. one input.
@@ -106,6 +109,12 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
         rows, cols = field.spatial_shape
         units = [(x, y, c) for x in range(rows) for y in range(cols)]
     table = np.asarray(units, dtype=np.int64).reshape(-1, 3)
+    size = len(table) * array.size * 4
+    if size > MAX_RESULT_BYTES:
+        raise BadInputError("number of units", expected=f"at most {MAX_RESULT_BYTES // (array.size * 4)} for a "
+                            f"{' x '.join(map(str, array.shape))} input (one full-size gradient each)",
+                            got=f"{len(table)} ({size / 2 ** 30:.1f} GiB of gradients)",
+                            fix="pass fewer units (a list, or a smaller input) and call again per part")
     for x, y, c in table:
         field.check_unit((int(x), int(y)))
         if not 0 <= c < channels:
