@@ -97,7 +97,7 @@ def whole_channel(label: str, net, layer: str, channel: int, x_hwc: np.ndarray, 
 
 def seed_cnn_floor(net, captum_ms: float, repeats: int) -> None:
     """No gradsight code at all: the six convolutions of L1..L6 as valid convolutions on the 33 x 33 input
-    cone of one unit, with autograd. Nothing exact that runs PyTorch operations one by one can do less."""
+    cone of one unit, with autograd — the least an autograd computation of this unit's gradient can run."""
     import torch.nn.functional as F
 
     convs = [net.get_submodule(f"L{i}.conv") for i in range(1, 7)]
