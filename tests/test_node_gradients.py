@@ -191,6 +191,33 @@ def test_cuts_follow_every_path():
         np.testing.assert_allclose(ours.gradient, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
 
 
+class _FixedPositions(nn.Module):
+    """Adds a learned full-size map after the first convolution: not translation-equivariant, so windows
+    cannot be used (the sizes no longer match) and gradsight must run the whole input."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+        self.where = nn.Parameter(torch.randn(1, 2, 48, 48))
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x) + self.where))
+
+
+def test_models_that_need_full_size_maps_fall_back_to_the_whole_input():
+    net = _FixedPositions().eval()
+    x = np.random.default_rng(1).random((48, 48, 1), dtype=np.float32)
+    for unit in [(24, 24, 0), (0, 47, 1)]:
+        ours = gradsight.node_gradient(net, "b", unit, x)
+        assert not ours.cropped
+        ref = captum_unit_gradient(net, net.b, x, unit)
+        np.testing.assert_allclose(ours.gradient, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+    many = gradsight.node_gradients(net, "b", [(5, 5, 0), (40, 9, 1)], inputs=x)
+    np.testing.assert_allclose(many.gradients[1], captum_unit_gradient(net, net.b, x, (40, 9, 1)), rtol=1e-6,
+                               atol=1e-7)
+
+
 def _arriving_shapes(module: nn.Module, call):
     """Spatial shapes of what reaches ``module`` while ``call`` runs (a user hook: gradsight then runs the
     user's own model, so the hook sees the cropped tensors)."""

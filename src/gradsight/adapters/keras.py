@@ -155,11 +155,6 @@ class KerasAdapter:
         name, _ = self.resolve_layer(model, layer)
         partial = self.partial_model(model, name)
         plans = [plan] * len(units) if plan is None or not isinstance(plan, (list, tuple)) else list(plan)
-        if any(p is not None for p in plans):
-            try:
-                return self._unit_gradients(partial, name, units, inputs, plans, batch_size)
-            except (ValueError, tf.errors.InvalidArgumentError):  # a layer that insists on the full size
-                plans = [None] * len(units)
         return self._unit_gradients(partial, name, units, inputs, plans, batch_size)
 
     @staticmethod

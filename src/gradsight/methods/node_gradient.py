@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..adapters import adapter_for, is_framework_tensor, tensor_to_array
-from ..errors import BadInputError
+from ..errors import BadInputError, GradsightError
 from ..receptive.report import LayerField
 from .cone import crop_plan, input_plan
 from .fields import as_network, input_shape_for, receptive_field
@@ -119,14 +119,28 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
         field.check_unit((int(x), int(y)))
         if not 0 <= c < channels:
             raise BadInputError(f"channel of layer {name!r}", expected=f"0..{channels - 1}", got=str(int(c)))
-    if not crop:
-        grads, values = adapter.unit_gradients(network.module, name, table, array, None, batch_size, fast)
-        return NodeGradients(grads, table, values, name, field, array, False)
+    if crop:
+        try:
+            grads, values, cropped = _on_windows(adapter, network.module, name, report, field, table, array,
+                                                 batch_size, fast)
+            return NodeGradients(grads, table, values, name, field, array, cropped)
+        except GradsightError:
+            raise
+        except Exception:
+            # A model that needs full-size maps (a fixed positional map added, say) fails on windows: run it
+            # whole, as with crop=False, which raises again if the error had nothing to do with the windows.
+            pass
+    grads, values = adapter.unit_gradients(network.module, name, table, array, None, batch_size, fast)
+    return NodeGradients(grads, table, values, name, field, array, False)
+
+
+def _on_windows(adapter, module, name, report, field, table, array, batch_size, fast):
+    """(gradients, values, whether any unit ran cropped): one unit with its full crop plan, or many units
+    each on its own input window, windows of one size sharing a batch."""
     if len(table) == 1:
         plan = crop_plan(report, field, (int(table[0][0]), int(table[0][1])))
-        grads, values = adapter.unit_gradients(network.module, name, table, array, plan, batch_size, fast)
-        return NodeGradients(grads, table, values, name, field, array, plan is not None)
-    # Many units: each runs on its own input window, and units whose windows have the same size share a batch.
+        grads, values = adapter.unit_gradients(module, name, table, array, plan, batch_size, fast)
+        return grads, values, plan is not None
     groups: dict[tuple | None, list[int]] = {}
     plans = [input_plan(field, (int(x), int(y))) for x, y, _ in table]
     for i, plan in enumerate(plans):
@@ -135,11 +149,11 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
     grads, values = None, np.zeros(len(table))
     for key, members in groups.items():
         chosen = None if key is None else [plans[i] for i in members]
-        part, values[members] = adapter.unit_gradients(network.module, name, table[members], array, chosen,
-                                                       batch_size, fast)
+        part, values[members] = adapter.unit_gradients(module, name, table[members], array, chosen, batch_size,
+                                                       fast)
         grads = np.zeros((len(table), *part.shape[1:]), part.dtype) if grads is None else grads
         grads[members] = part
-    return NodeGradients(grads, table, values, name, field, array, None not in groups)
+    return grads, values, None not in groups
 
 
 def node_gradient(model: Any, layer: Any, unit: tuple[int, int, int], inputs=None, *, seed: int = 0,
