@@ -218,6 +218,43 @@ def test_models_that_need_full_size_maps_fall_back_to_the_whole_input():
                                atol=1e-7)
 
 
+class _CoordConv(nn.Module):
+    """CoordConv (Liu et al. 2018): row and column coordinates in [-1, 1] are concatenated to the input, so
+    a window would see other coordinates: gradsight must notice and run the whole input."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(3, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+        self.gradsight_input_shape = (1, 40, 40)  # one grey channel; the first convolution also gets two more
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        rows = torch.linspace(-1, 1, h).view(1, 1, h, 1).expand(n, 1, h, w)
+        cols = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(n, 1, h, w)
+        return self.b(torch.relu(self.a(torch.cat([x, rows, cols], dim=1))))
+
+
+def test_coordinates_mixed_in_turn_windows_off():
+    net = _CoordConv().eval()
+    report = gradsight.receptive_field(net, (40, 40))
+    assert report["b"].size == (5, 5)  # the field itself is unchanged
+    assert not report.translation_equivariant(report["b"])
+    x = np.random.default_rng(2).random((40, 40, 1), dtype=np.float32)
+    with torch.no_grad():
+        z = net(torch.from_numpy(x).permute(2, 0, 1)[None])
+    for unit in [(20, 20, 0), (39, 3, 1)]:
+        ours = gradsight.node_gradient(net, "b", unit, x)
+        assert not ours.cropped
+        assert ours.values[0] == pytest.approx(float(z[0, unit[2], unit[0], unit[1]]), rel=1e-6)
+        ref = captum_unit_gradient(net, net.b, x, unit)
+        np.testing.assert_allclose(ours.gradient, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+    assert not gradsight.node_gradients(net, "b", [(5, 5, 0), (30, 9, 1)], inputs=x).cropped
+    # and a model without such maps stays translation-equivariant
+    plain = gradsight.receptive_field(seed_cnn("same"))
+    assert all(plain.translation_equivariant(layer) for layer in plain.layers)
+
+
 def _arriving_shapes(module: nn.Module, call):
     """Spatial shapes of what reaches ``module`` while ``call`` runs (a user hook: gradsight then runs the
     user's own model, so the hook sees the cropped tensors)."""
@@ -289,4 +326,5 @@ def test_cone_crops_equal_the_full_computation_on_the_zoo(name, monkeypatch):
             scale = max(np.abs(full.gradient).max(), 1e-30)
             np.testing.assert_allclose(cropped.gradient, full.gradient, rtol=1e-5, atol=2e-5 * scale,
                                        err_msg=f"{field.name} {unit}")
+            np.testing.assert_allclose(cropped.values, full.values, rtol=1e-5, atol=1e-6)
     assert deeper_crops >= 2  # crops of intermediate outputs were exercised, not only the input crop

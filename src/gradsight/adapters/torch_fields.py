@@ -78,6 +78,7 @@ class _FieldMode(TorchDispatchMode):
         # Operation k (1, 2, ...) creates tensors with seq k and reads the tensors whose seqs are reads[k]
         # (the input has seq 0); FieldReport.is_cut works on this graph.
         self.reads: list[tuple[int, ...]] = [()]
+        self.positional: list[int] = []  # operations that mix in a map not derived from the input
 
     def lookup(self, value) -> _Tracked | None:
         if not isinstance(value, torch.Tensor):
@@ -105,8 +106,28 @@ class _FieldMode(TorchDispatchMode):
         inputs = [t for t in (self.lookup(a) for a in flat_args) if t is not None]
         if inputs:
             self.reads.append(tuple(t.seq for t in inputs))
+            if self.mixes_in_a_map(func, flat_args, inputs):
+                self.positional.append(len(self.reads) - 1)
             self.propagate(func, args, inputs, out)
         return out
+
+    def mixes_in_a_map(self, func, flat_args, inputs: list[_Tracked]) -> bool:
+        """Whether an element-wise operation or concatenation combines the input's maps with a tensor that
+        varies over space but does not come from the input — a positional map, CoordConv's coordinates.
+        The field is unchanged, but the result then depends on where a pixel is, so windows cannot be used."""
+        if not (torch.Tag.pointwise in func.tags or func.overloadpacket.__name__ == "cat"):
+            return False
+        spatial = [t for t in inputs if t.dims and not t.field.is_global]
+        if not spatial:
+            return False
+        ref = spatial[0]
+        for arg in flat_args:
+            if not isinstance(arg, torch.Tensor) or self.lookup(arg) is not None or arg.ndim == 0:
+                continue
+            shift = ref.tensor.ndim - arg.ndim
+            if any(0 <= d - shift < arg.ndim and arg.shape[d - shift] > 1 for d in ref.dims):
+                return True
+        return False
 
     def note_local(self, per_axis: tuple[AxisField, ...], kernel, dilation) -> None:
         for module in set(self.stack):  # a container's geometry is that of the operations inside it
@@ -345,7 +366,8 @@ def trace_fields(model: nn.Module, input_shape: tuple[int, ...] | None = None,
         geometry = _geometry(mode.local_ops.get(layer))
         layers.append(LayerField(layer, type(module).__name__, tuple(out.shape[1:]), tracked.field, spatial,
                                  geometry, seq=seq, calls=calls[layer]))
-    return FieldReport(name or type(model).__name__, spatial, tuple(layers), tuple(mode.reads))
+    return FieldReport(name or type(model).__name__, spatial, tuple(layers), tuple(mode.reads),
+                       tuple(mode.positional))
 
 
 def _geometry(ops) -> LayerGeometry | None:

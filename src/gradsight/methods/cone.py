@@ -72,10 +72,10 @@ class CropPlan:
     stride: tuple[int, ...]
 
 
-def input_plan(field: LayerField, unit: tuple[int, int]) -> CropPlan | None:
+def input_plan(report, field: LayerField, unit: tuple[int, int]) -> CropPlan | None:
     """The input crop alone (as used for batches of units, which share no deeper crops), or None."""
     axes = _single_axes(field)
-    window = None if axes is None else crop_window(field, unit)
+    window = None if axes is None or not report.translation_equivariant(field) else crop_window(field, unit)
     if window is None:
         return None
     return CropPlan((CropStep(None, window, (1,) * len(axes)),), tuple(a.stride for a in axes))
@@ -122,7 +122,7 @@ def crop_plan(report, field: LayerField, unit: tuple[int, int]) -> CropPlan | No
     and ``layer3.1.conv1`` for ``layer3.1.conv2``, say): one crop per stage, not one per module.
     """
     axes = _single_axes(field)
-    if axes is None:
+    if axes is None or not report.translation_equivariant(field):
         return None
     window = crop_window(field, unit)
     whole = window is None

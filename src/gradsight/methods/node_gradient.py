@@ -142,7 +142,7 @@ def _on_windows(adapter, module, name, report, field, table, array, batch_size, 
         grads, values = adapter.unit_gradients(module, name, table, array, plan, batch_size, fast)
         return grads, values, plan is not None
     groups: dict[tuple | None, list[int]] = {}
-    plans = [input_plan(field, (int(x), int(y))) for x, y, _ in table]
+    plans = [input_plan(report, field, (int(x), int(y))) for x, y, _ in table]
     for i, plan in enumerate(plans):
         key = None if plan is None else tuple(b - a for a, b in plan.steps[0].window)
         groups.setdefault(key, []).append(i)

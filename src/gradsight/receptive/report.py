@@ -112,6 +112,12 @@ class FieldReport:
     input_size: tuple[int, ...]
     layers: tuple[LayerField, ...]
     reads: tuple[tuple[int, ...], ...] = ()  # per traced operation, which earlier outputs it read (is_cut)
+    positional: tuple[int, ...] = ()  # operations mixing in a spatial map not derived from the input
+
+    def translation_equivariant(self, layer: LayerField) -> bool:
+        """Whether ``layer`` can be computed on a window of the input: False when the trace saw a spatial
+        map not derived from the input (positions, coordinates) mixed in before it."""
+        return not any(k <= layer.seq for k in self.positional)
 
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
