@@ -150,19 +150,15 @@ class KerasAdapter:
             per_model[name] = keras.Model(model.inputs, model.get_layer(name).output)
         return per_model[name]
 
-    def unit_gradients(self, model, layer, units, inputs, plan=None, batch_size=32, fast=True):
+    def unit_gradients(self, model, layer, units, inputs, plans=None, batch_size=32, fast=True):
         """As the PyTorch adapter's; crops use only the input window of each plan (no deeper cuts)."""
         name, _ = self.resolve_layer(model, layer)
         partial = self.partial_model(model, name)
-        plans = [plan] * len(units) if plan is None or not isinstance(plan, (list, tuple)) else list(plan)
-        return self._unit_gradients(partial, name, units, inputs, plans, batch_size)
-
-    @staticmethod
-    def _unit_gradients(partial, name, units, inputs, plans, batch_size):
+        plans = list(plans) if plans is not None else [None] * len(units)
         grads = np.zeros((len(units), *inputs.shape), dtype=np.float32)
         values = np.zeros(len(units))
         array = np.asarray(inputs, dtype=np.float32)
-        windows = [None if p is None else tuple(slice(a, b) for a, b in p.steps[0].window) for p in plans]
+        windows = [None if p is None else tuple(slice(a, b) for a, b in p.input_window) for p in plans]
         whole = tuple(slice(0, n) for n in array.shape[:-1])
         for start in range(0, len(units), batch_size):
             rows = range(start, min(start + batch_size, len(units)))
@@ -170,7 +166,7 @@ class KerasAdapter:
             local = np.array([units[i] for i in rows])
             for i, row in enumerate(rows):
                 if plans[row] is not None:
-                    local[i, :2] -= [w.start // s for w, s in zip(windows[row], plans[row].stride)]
+                    local[i, :2] -= plans[row].unit_offset()
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 # .call runs the layers without the partial model's input-size check, so windows fit

@@ -67,10 +67,10 @@ class TorchAdapter:
 
         return resolve_module(model, layer)
 
-    def unit_gradients(self, model, layer, units, inputs, plan=None, batch_size=32, fast=True):
+    def unit_gradients(self, model, layer, units, inputs, plans=None, batch_size=32, fast=True):
         from .torch_units import unit_gradients
 
-        return unit_gradients(model, layer, units, inputs, plan, batch_size, fast)
+        return unit_gradients(model, layer, units, inputs, plans, batch_size, fast)
 
     def support_map(self, model, layer, position, inputs, seed=0):
         from .torch_units import support_map

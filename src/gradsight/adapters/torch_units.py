@@ -83,7 +83,7 @@ def layer_output(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.
 
 
 class _Cropper:
-    """Forward hooks that crop the outputs of a crop plan's layers (see gradsight.methods.node_gradient).
+    """Forward hooks that crop the outputs of a crop plan's layers (see gradsight.methods.cone).
 
     Each crop window is in its tensor's full-size coordinates. The tensor that actually arrives was computed
     from an earlier crop, so it starts at ``start * stride / own stride`` of the last crop applied; a window
@@ -120,13 +120,13 @@ class _Cropper:
         return crop
 
 
-def unit_gradients(model: nn.Module, layer, units: np.ndarray, inputs: np.ndarray, plan=None, batch_size: int = 32,
-                   fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def unit_gradients(model: nn.Module, layer, units: np.ndarray, inputs: np.ndarray, plans=None,
+                   batch_size: int = 32, fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """d z[unit] / d input for each (row, col, channel) unit; one input (H, W, C) shared by all units.
 
-    ``plan``: None (every unit on the whole input); a CropPlan for a single unit, which crops the input and
-    the outputs of earlier layers so that only what the unit can see is computed; or one CropPlan per unit,
-    input windows of one size, so that the units' windows are stacked into batches. Gradients come back
+    ``plans``: None (every unit on the whole input), or one CropPlan (or None) per unit. A single unit's plan
+    may also crop the outputs of earlier layers, so that only what the unit can see is computed; the plans
+    of several units are input windows of one size, stacked into batches. Gradients come back
     pasted into full-size zero arrays. ``fast`` runs the BatchNorm-folded copy of the model used for
     saliency (unless the layer is a convolution whose BatchNorm was folded into it, whose output would then
     differ).
@@ -136,8 +136,8 @@ def unit_gradients(model: nn.Module, layer, units: np.ndarray, inputs: np.ndarra
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     device = param.device if param is not None else torch.device("cpu")
     full = torch.from_numpy(np.ascontiguousarray(inputs)).permute(2, 0, 1).to(device, dtype)
-    plans = [plan] * len(units) if plan is None or not isinstance(plan, (list, tuple)) else list(plan)
-    windows = [None if p is None else p.steps[0].window for p in plans]
+    plans = list(plans) if plans is not None else [None] * len(units)
+    windows = [None if p is None else p.input_window for p in plans]
     deeper = plans[0] if len(units) == 1 and plans[0] is not None and len(plans[0].steps) > 1 else None
     grads = np.zeros((len(units), *inputs.shape), dtype=np.float32 if dtype != torch.float64 else np.float64)
     values = np.zeros(len(units))
@@ -169,7 +169,7 @@ def unit_gradients(model: nn.Module, layer, units: np.ndarray, inputs: np.ndarra
                     if cropper is not None:
                         local[i, :2] -= cropper.offset(plans[row].stride)
                     elif plans[row] is not None:
-                        local[i, :2] -= [a // s for (a, _), s in zip(windows[row], plans[row].stride)]
+                        local[i, :2] -= plans[row].unit_offset()
                 picked = z[torch.arange(len(local)), *(torch.as_tensor(local[:, i]) for i in (2, 0, 1))]
                 (grad,) = torch.autograd.grad(picked.sum(), x)
                 block = grad.permute(0, 2, 3, 1).detach().cpu().numpy()

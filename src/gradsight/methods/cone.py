@@ -71,14 +71,13 @@ class CropPlan:
     steps: tuple[CropStep, ...]
     stride: tuple[int, ...]
 
+    @property
+    def input_window(self) -> tuple[tuple[int, int], ...]:
+        return self.steps[0].window
 
-def input_plan(report, field: LayerField, unit: tuple[int, int]) -> CropPlan | None:
-    """The input crop alone (as used for batches of units, which share no deeper crops), or None."""
-    axes = _single_axes(field)
-    window = None if axes is None or not report.translation_equivariant(field) else crop_window(field, unit)
-    if window is None:
-        return None
-    return CropPlan((CropStep(None, window, (1,) * len(axes)),), tuple(a.stride for a in axes))
+    def unit_offset(self) -> tuple[int, ...]:
+        """How far the layer's grid is shifted when only the input is cropped: unit u becomes u - offset."""
+        return tuple(a // s for (a, _), s in zip(self.input_window, self.stride))
 
 
 _CUTS: dict[tuple[int, str], tuple] = {}  # (id(report), layer) -> (report, cuts); holding report keeps the id
@@ -113,13 +112,14 @@ def _cuts(report, field: LayerField) -> list:
     return cuts
 
 
-def crop_plan(report, field: LayerField, unit: tuple[int, int]) -> CropPlan | None:
+def crop_plan(report, field: LayerField, unit: tuple[int, int], cuts: bool = True) -> CropPlan | None:
     """Where to crop to compute ``unit`` of ``field``'s layer on only what it can see: the input window of
-    :func:`crop_window`, then the outputs of earlier layers that every path to the unit runs through (cuts),
-    each cropped to the unit's field on that layer's grid. None when nothing is worth cropping.
+    :func:`crop_window`, then (with ``cuts``) the outputs of earlier layers that every path to the unit runs
+    through, each cropped to the unit's field on that layer's grid. None when nothing is worth cropping.
 
     Cuts are taken among the children of the unit's layer and of its containers (``layer1``, ``layer3.0``
-    and ``layer3.1.conv1`` for ``layer3.1.conv2``, say): one crop per stage, not one per module.
+    and ``layer3.1.conv1`` for ``layer3.1.conv2``, say): one crop per stage, not one per module. Batches of
+    units take ``cuts=False``: their windows are stacked, and deeper crops would differ from unit to unit.
     """
     axes = _single_axes(field)
     if axes is None or not report.translation_equivariant(field):
@@ -129,7 +129,7 @@ def crop_plan(report, field: LayerField, unit: tuple[int, int]) -> CropPlan | No
     if whole:  # the field covers most of the input, but deeper layers may still be worth cropping
         window = tuple((0, n) for n in field.input_size)
     steps = [CropStep(None, window, (1,) * len(axes))]
-    for earlier, relative, strides in _cuts(report, field):
+    for earlier, relative, strides in _cuts(report, field) if cuts else ():
         shape = earlier.spatial_shape
         rect = tuple(r.span(u, n) for r, u, n in zip(relative, unit, shape))
         cut = _window(rect, [r.stride for r in relative], shape, 0.75)

@@ -22,7 +22,7 @@ import numpy as np
 from ..adapters import adapter_for, is_framework_tensor, tensor_to_array
 from ..errors import BadInputError, GradsightError
 from ..receptive.report import LayerField
-from .cone import crop_plan, input_plan
+from .cone import crop_plan
 from .fields import as_network, input_shape_for, receptive_field
 
 
@@ -137,14 +137,14 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
 def _on_windows(adapter, module, name, report, field, table, array, batch_size, fast):
     """(gradients, values, whether any unit ran cropped): one unit with its full crop plan, or many units
     each on its own input window, windows of one size sharing a batch."""
-    if len(table) == 1:
-        plan = crop_plan(report, field, (int(table[0][0]), int(table[0][1])))
-        grads, values = adapter.unit_gradients(module, name, table, array, plan, batch_size, fast)
-        return grads, values, plan is not None
+    single = len(table) == 1
+    plans = [crop_plan(report, field, (int(x), int(y)), cuts=single) for x, y, _ in table]
+    if single:
+        grads, values = adapter.unit_gradients(module, name, table, array, plans, batch_size, fast)
+        return grads, values, plans[0] is not None
     groups: dict[tuple | None, list[int]] = {}
-    plans = [input_plan(report, field, (int(x), int(y))) for x, y, _ in table]
     for i, plan in enumerate(plans):
-        key = None if plan is None else tuple(b - a for a, b in plan.steps[0].window)
+        key = None if plan is None else tuple(b - a for a, b in plan.input_window)
         groups.setdefault(key, []).append(i)
     grads, values = None, np.zeros(len(table))
     for key, members in groups.items():
