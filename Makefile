@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install browsers demo test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,keras,test]'
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,keras,explore,ray,collect,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -15,7 +15,11 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/gradsight saliency --expect 20 --out outputs/demo
 
-test: install
+# The explorer's browser tests drive Debian's chromium; as root this installs it when missing.
+browsers:
+	bash tools/ensure_chromium.sh
+
+test: install browsers
 	$(VENV)/bin/python -m pytest
 
 test-fast: install

@@ -1,0 +1,259 @@
+"""PyTorch primitives of the attribution family: forward-only scores, layer gradients, modified copies.
+
+Example:
+    >>> import numpy as np, torch                                                  # doctest: +SKIP
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+    ...                           torch.nn.Flatten(), torch.nn.Linear(4, 2))      # doctest: +SKIP
+    >>> predict(net, np.zeros((5, 8, 8, 3), np.float32)).shape                     # doctest: +SKIP
+    (5, 2)
+    >>> guided = modified_copy(net, "guided")        # the user's net is untouched  # doctest: +SKIP
+
+Arrays cross in channels-last layout (N, H, W, C), as for saliency. The rules of ``modified_copy`` are those of
+``gradsight.adapters.base.MODIFY_RULES``; the copy's forward pass equals the model's (checked on a probe).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..errors import BadInputError
+from . import avoid_triton_tensorflow_clash
+from .base import MODIFY_RULES, LayerGradient, resolve_targets
+from .torch import eval_mode
+from .torch_units import linearised_copy, resolve_module
+
+avoid_triton_tensorflow_clash("torch")
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return device, dtype
+
+
+def as_nchw(inputs: np.ndarray, model: nn.Module) -> torch.Tensor:
+    """NHWC float32 array -> NCHW (channels-last memory) tensor on the model's device and dtype."""
+    device, dtype = _device_dtype(model)
+    x = torch.from_numpy(np.ascontiguousarray(inputs)).permute(0, 3, 1, 2).to(device, dtype)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 64, logits_of=None) -> np.ndarray:
+    """Pre-softmax class scores (N, K) of ``inputs``, forward only, ``batch_size`` images at a time.
+
+    ``logits_of(model, x)`` gives the logits of a batch (the adapter passes its softmax-stepping forward).
+    """
+    logits_of = logits_of or (lambda m, x: m(x))
+    out = []
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            x = as_nchw(inputs[start:start + batch_size], model).clone(memory_format=torch.channels_last)
+            out.append(logits_of(model, x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def layer_gradient(model: nn.Module, layer, inputs: np.ndarray, targets: Sequence[int | None],
+                   score: str = "logit", logits_of=None, select=None) -> LayerGradient:
+    """Activations A of ``layer`` and d score[target] / dA, channels last; one forward and one backward pass."""
+    name, module = resolve_module(model, layer)
+    logits_of = logits_of or (lambda m, x: m(x))
+    captured: list[torch.Tensor] = []
+
+    def keep(mod, args, out):
+        if not isinstance(out, torch.Tensor):
+            return None
+        captured.append(out)
+        # Later in-place operations (ReLU(inplace=True)) must change a copy, not the activations we return.
+        return out.clone()
+
+    handle = module.register_forward_hook(keep)
+    try:
+        with eval_mode(model), torch.enable_grad():
+            x = as_nchw(inputs, model).clone(memory_format=torch.channels_last).requires_grad_(True)
+            logits = logits_of(model, x)
+            if not captured:
+                raise BadInputError(f"layer {name!r}", expected="a module that runs in the forward pass and "
+                                    "returns a tensor", got="a module that never ran or returned no tensor",
+                                    fix="pick a layer from `gradsight rf MODEL`")
+            activations = captured[0]
+            if activations.ndim != 4:
+                raise BadInputError(f"layer {name!r}", expected="a spatial feature map (N, channels, rows, cols)",
+                                    got=f"output of shape {tuple(activations.shape)}",
+                                    fix="pick a convolutional layer (see `gradsight rf MODEL`)")
+            chosen = torch.tensor(resolve_targets(list(targets), logits.shape[1], logits.detach().cpu().numpy()),
+                                  device=logits.device)
+            scores = select(logits, chosen, score) if select else logits.gather(1, chosen[:, None])[:, 0]
+            (grad,) = torch.autograd.grad(scores.sum(), activations)
+    finally:
+        handle.remove()
+    nhwc = lambda t: t.detach().permute(0, 2, 3, 1).float().cpu().numpy()  # noqa: E731
+    return LayerGradient(nhwc(activations), nhwc(grad), logits.detach().float().cpu().numpy(),
+                         chosen.cpu().numpy())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Modified copies. Activations are replaced by modules that run a custom autograd Function: this is exact for
+# in-place ReLUs and for one module called twice (torchvision's BasicBlock), which module hooks get wrong.
+
+_SMOOTH = (nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.ELU, nn.SELU, nn.CELU, nn.Softplus)
+_SMOOTH_OPS = {"silu", "silu_", "gelu", "gelu_", "hardswish", "hardswish_", "mish", "mish_", "elu", "elu_",
+               "softplus"}
+_RELU_OPS = {"relu", "relu_", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "relu6", "threshold"}
+
+
+_INSIDE = threading.local()  # depth > 0 while a RuleActivation runs: its own relu is not a functional one
+
+
+class _RuleFunction(torch.autograd.Function):
+    """Forward: the activation itself. Backward: the guided or deconvnet rule instead of its derivative."""
+
+    @staticmethod
+    def forward(ctx, x, kind: str, slope: float, rule: str):
+        ctx.save_for_backward(x)
+        ctx.kind, ctx.slope, ctx.rule = kind, slope, rule
+        if kind == "relu":
+            return F.relu(x)
+        if kind == "relu6":
+            return F.hardtanh(x, 0.0, 6.0)
+        return F.leaky_relu(x, slope)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        if ctx.rule == "deconvnet":
+            return (F.leaky_relu(g, ctx.slope) if ctx.kind == "leaky" else g.clamp(min=0)), None, None, None
+        if ctx.kind == "relu":
+            local = (x > 0).to(g.dtype)
+        elif ctx.kind == "relu6":
+            local = ((x > 0) & (x < 6)).to(g.dtype)
+        else:
+            local = torch.where(x > 0, torch.ones_like(x), torch.full_like(x, ctx.slope))
+        return local * g.clamp(min=0), None, None, None
+
+
+class RuleActivation(nn.Module):
+    """A ReLU-family activation whose backward pass follows ``rule`` ('guided' or 'deconvnet')."""
+
+    def __init__(self, kind: str, rule: str, slope: float = 0.0):
+        super().__init__()
+        self.kind, self.rule, self.slope = kind, rule, slope
+
+    def forward(self, x):
+        _INSIDE.depth = getattr(_INSIDE, "depth", 0) + 1
+        try:
+            return _RuleFunction.apply(x, self.kind, self.slope, self.rule)
+        finally:
+            _INSIDE.depth -= 1
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, rule={self.rule}" + (f", slope={self.slope}" if self.kind == "leaky" else "")
+
+
+def _relu_kind(module: nn.Module) -> tuple[str, float] | None:
+    if type(module) is nn.ReLU:
+        return "relu", 0.0
+    if type(module) is nn.ReLU6 or (type(module) is nn.Hardtanh and (module.min_val, module.max_val) == (0, 6)):
+        return "relu6", 0.0
+    if type(module) is nn.LeakyReLU:
+        return "leaky", float(module.negative_slope)
+    return None
+
+
+class _RuleOps(TorchDispatchMode):
+    """Counts ReLU-family and smooth activation operations that are not run by a RuleActivation."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu: dict[str, int] = {}
+        self.smooth: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        op = func.__name__.split(".")[0]
+        if not getattr(_INSIDE, "depth", 0):
+            if op in _RELU_OPS:
+                self.relu[op] = self.relu.get(op, 0) + 1
+            elif op in _SMOOTH_OPS:
+                self.smooth[op] = self.smooth.get(op, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def _rule_copy(model: nn.Module, rule: str, probe: torch.Tensor | None) -> nn.Module:
+    clone = copy.deepcopy(model).eval()
+    smooth = sorted({type(m).__name__ for m in clone.modules() if isinstance(m, _SMOOTH)})
+    if smooth:
+        raise BadInputError("model", expected=f"ReLU-family activations for the {rule} rule (ReLU, ReLU6, "
+                            "LeakyReLU)", got=f"smooth activations: {', '.join(smooth)}",
+                            fix="use a method without modified ReLU rules (e.g. gradient, integrated_gradients)")
+    replaced = 0
+    for name, module in list(clone.named_modules()):
+        kind = _relu_kind(module)
+        if kind is not None and name:
+            parent_name, _, child = name.rpartition(".")
+            setattr(clone.get_submodule(parent_name) if parent_name else clone, child,
+                    RuleActivation(kind[0], rule, kind[1]))
+            replaced += 1
+    if probe is not None:
+        mode = _RuleOps()
+        with torch.no_grad(), mode:
+            clone(probe)
+        if mode.smooth:
+            raise BadInputError("model", expected=f"ReLU-family activations for the {rule} rule",
+                                got="smooth activations applied as functions: " + ", ".join(sorted(mode.smooth)),
+                                fix="use a method without modified ReLU rules (e.g. gradient)")
+        if mode.relu:
+            calls = ", ".join(f"{op} x{n}" for op, n in sorted(mode.relu.items()))
+            raise BadInputError("model", expected=f"ReLUs as nn.ReLU/nn.ReLU6/nn.LeakyReLU modules (the {rule} "
+                                "rule replaces modules)", got=f"ReLUs applied as functions in forward ({calls})",
+                                fix="replace F.relu/torch.relu in forward by nn.ReLU modules, or use another method")
+    if replaced == 0:
+        raise BadInputError("model", expected=f"ReLU activations (the {rule} rule modifies their backward pass)",
+                            got="a model with no ReLU, ReLU6 or LeakyReLU module",
+                            fix="use a method that needs no ReLU (e.g. gradient, integrated_gradients)")
+    return clone
+
+
+def _reinit_copy(model: nn.Module, layers: Sequence, seed: int) -> nn.Module:
+    if not layers:
+        raise BadInputError("layers", expected="at least one layer to re-initialise", got="none")
+    clone = copy.deepcopy(model).eval()
+    names = [resolve_module(model, layer)[0] for layer in layers]
+    with torch.random.fork_rng(devices=[]):
+        for i, name in enumerate(names):
+            torch.manual_seed(seed * 100_003 + i)  # one stream per layer: independent of the order of the rest
+            target = clone.get_submodule(name) if name else clone
+            touched = [m for m in target.modules() if callable(getattr(m, "reset_parameters", None))]
+            if not touched:
+                raise BadInputError(f"layer {name!r}", expected="a layer with parameters to re-initialise",
+                                    got=f"{type(target).__name__} without any", fix="pick a layer with weights")
+            for module in touched:
+                module.reset_parameters()
+                if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+                    module.reset_running_stats()
+    return clone
+
+
+def modified_copy(model: nn.Module, rule: str, *, layers: Sequence = (), seed: int = 0,
+                  probe: np.ndarray | None = None) -> nn.Module:
+    """A copy of ``model`` following ``rule`` (see MODIFY_RULES); the user's model is never touched.
+
+    ``probe`` (one NHWC input) lets 'guided'/'deconvnet' find ReLUs applied as functions, which module
+    replacement cannot modify: they are refused by name rather than giving a silently wrong map.
+    """
+    if rule not in MODIFY_RULES:
+        raise BadInputError("rule", expected=f"one of {', '.join(MODIFY_RULES)}", got=repr(rule))
+    if rule == "linearised":
+        return linearised_copy(model)
+    if rule == "reinit":
+        return _reinit_copy(model, layers, seed)
+    x = as_nchw(probe[:1], model) if probe is not None else None
+    return _rule_copy(model, rule, x)
+
