@@ -76,3 +76,72 @@ class SaliencyResult:
         if geometry is None or self.preprocess is None:
             return self.saliency[i]
         return self.preprocess.to_original(self.saliency[i], geometry.original_size)
+
+
+@dataclass(frozen=True, eq=False)
+class AttributionResult:
+    """One attribution method's maps for a batch of N inputs, all in model-input pixels.
+
+    ``maps`` (N, H, W) is what is displayed; ``attribution`` (N, H, W, C) the raw per-channel values of pixel
+    methods (None otherwise); ``layer_maps`` (N, h, w) a CAM method's map at its layer's resolution.
+    ``method`` and ``options`` (every effective option, defaults included) say exactly what was computed;
+    ``per_image`` holds named per-input diagnostics (Integrated Gradients' completeness gap).
+    """
+
+    maps: np.ndarray
+    method: str
+    options: dict
+    targets: np.ndarray
+    score: str
+    logits: np.ndarray
+    model_name: str
+    framework: str
+    attribution: np.ndarray | None = None
+    layer_maps: np.ndarray | None = None
+    per_image: dict = field(default_factory=dict)
+    display: str = "max_abs"
+    class_names: tuple[str, ...] | None = None
+    preprocess: Preprocess | None = None
+    sources: tuple[str | None, ...] = ()
+    geometries: tuple[Geometry | None, ...] = ()
+    conversions: tuple[str | None, ...] = ()
+    fast: bool = True
+    photos: tuple = field(default=(), repr=False)
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Softmax of the logits, (N, K), computed in float64 for stability."""
+        z = self.logits.astype(np.float64)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def prediction_probabilities(self) -> np.ndarray:
+        probs = self.probabilities
+        return probs[np.arange(len(probs)), self.predictions]
+
+    def label(self, index: int) -> str:
+        """Human-readable name of class ``index`` (the index itself when the model has no names)."""
+        if self.class_names is None or not 0 <= index < len(self.class_names):
+            return f"class {index}"
+        return self.class_names[index]
+
+    def top_k(self, i: int, k: int = 5) -> list[tuple[int, str, float]]:
+        """The k most probable classes of input ``i`` as (index, name, probability)."""
+        probs = self.probabilities[i]
+        order = np.argsort(-probs, kind="stable")[:k]
+        return [(int(c), self.label(int(c)), float(probs[c])) for c in order]
+
+    def on_original(self, i: int) -> np.ndarray:
+        """The map of input ``i`` resampled onto its original photo (pixels outside the crop are 0)."""
+        geometry = self.geometries[i] if i < len(self.geometries) else None
+        if geometry is None or self.preprocess is None:
+            return self.maps[i]
+        return self.preprocess.to_original(self.maps[i], geometry.original_size)

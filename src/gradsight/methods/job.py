@@ -1,0 +1,84 @@
+"""What a method receives: the model behind its adapter, one batch of model input, the targets and the score.
+
+Example:
+    >>> job = AttributionJob(adapter, net, inputs, (None, 3))      # doctest: +SKIP
+    >>> job.resolved_targets()                                       # the predicted class for None  # doctest: +SKIP
+    array([20, 3])
+
+Methods never see photos or files: ``inputs`` is already model input (N, H, W, C), float32. What they need of
+the photo's preprocessing (a black photo as a baseline) comes through ``preprocess``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..adapters.base import resolve_targets
+from ..errors import BadInputError
+
+SCORES = ("logit", "prob", "logprob")
+
+
+def select_scores(logits: np.ndarray, targets: np.ndarray, score: str) -> np.ndarray:
+    """score[target] of each row of ``logits`` (N, K), computed in float64 as the adapters do in float32."""
+    z = logits.astype(np.float64)
+    if score in ("prob", "logprob"):
+        z = z - z.max(axis=1, keepdims=True)
+        z = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # log-softmax
+        if score == "prob":
+            z = np.exp(z)
+    elif score != "logit":
+        raise BadInputError("score", expected=f"one of {', '.join(SCORES)}", got=repr(score))
+    return z[np.arange(len(z)), np.asarray(targets, dtype=np.int64)]
+
+
+@dataclass(frozen=True, eq=False)
+class AttributionJob:
+    """One batch for one method: ``inputs`` (N, H, W, C) model input, ``targets`` (None = predicted class)."""
+
+    adapter: Any
+    model: Any
+    inputs: np.ndarray
+    targets: tuple[int | None, ...]
+    score: str = "logit"
+    fast: bool = True
+    preprocess: Any = None
+    _cache: dict = field(default_factory=dict, repr=False)  # this batch's logits and targets
+    shared: dict = field(default_factory=dict, repr=False)  # lives for one call: e.g. a modified copy
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def logits(self) -> np.ndarray:
+        """The model's class scores on ``inputs`` (one forward pass, computed once)."""
+        if "logits" not in self._cache:
+            self._cache["logits"] = self.adapter.predict(self.model, self.inputs)
+        return self._cache["logits"]
+
+    def resolved_targets(self) -> np.ndarray:
+        """Every target as a class index: None becomes the predicted class (needs one forward pass)."""
+        if "targets" not in self._cache:
+            logits = self.logits() if any(t is None for t in self.targets) else None
+            classes = logits.shape[1] if logits is not None else None
+            if classes is None:
+                return np.asarray(self.targets, dtype=np.int64)
+            self._cache["targets"] = np.asarray(resolve_targets(list(self.targets), classes, logits), np.int64)
+        return self._cache["targets"]
+
+    def scores(self) -> np.ndarray:
+        """score[target] for every input, as the methods differentiate it."""
+        return select_scores(self.logits(), self.resolved_targets(), self.score)
+
+    def modified_model(self, rule: str) -> Any:
+        """The model's copy under ``rule`` (guided, deconvnet, ...), made once per call and shared by batches."""
+        key = ("modified", rule)
+        if key not in self.shared:
+            self.shared[key] = self.adapter.modified_copy(self.model, rule, probe=self.inputs[:1])
+        return self.shared[key]
+
+    def with_inputs(self, inputs: np.ndarray, targets) -> AttributionJob:
+        """The same model and options on other inputs (noisy copies, interpolation steps, a chunk)."""
+        return replace(self, inputs=inputs, targets=tuple(int(t) for t in targets), _cache={})

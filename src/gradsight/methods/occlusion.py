@@ -1,0 +1,65 @@
+"""Occlusion (Zeiler & Fergus 2014): how much the class score drops when a window of the input is filled.
+
+Example:
+    >>> import gradsight                                                                   # doctest: +SKIP
+    >>> r = gradsight.attribute("efficientnet_lite0", method="occlusion", window=32, stride=16)
+    >>> r.maps.shape                                                                       # doctest: +SKIP
+    (1, 224, 224)
+
+Windows of ``window`` x ``window`` pixels (all channels) start every ``stride`` pixels from the top-left
+corner while they fit; each is filled with ``fill`` (model-input space) and the score drop
+score(x) - score(x with the window filled) is added to every pixel of the window. A pixel's value is the
+mean over the windows that cover it (0 where none does, as in Captum when the windows do not tile the input).
+Occluded copies go through the model ``internal_batch_size`` at a time (forward passes only).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BadInputError
+from .job import AttributionJob, select_scores
+from .registry import MethodMaps, register_method
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Start positions 0, stride, 2 stride, ... of windows that fit in ``size`` pixels."""
+    return list(range(0, size - window + 1, stride))
+
+
+def _positive(name: str, value) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise BadInputError(name, expected="a whole number >= 1", got=repr(value))
+    return int(value)
+
+
+@register_method("occlusion", kind="perturbation", display="cam",
+                 reference="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks (ECCV)")
+def occlusion(job: AttributionJob, *, window: int = 32, stride: int = 16, fill: float = 0.0,
+              internal_batch_size: int = 64) -> MethodMaps:
+    """Mean drop of the class score over the filled windows that cover each pixel."""
+    window, stride = _positive("window", window), _positive("stride", stride)
+    internal_batch_size = _positive("internal_batch_size", internal_batch_size)
+    n, rows, cols, _ = job.inputs.shape
+    if window > min(rows, cols):
+        raise BadInputError("window", expected=f"at most the input's size ({rows} x {cols})", got=str(window))
+    targets = job.resolved_targets()
+    base = job.scores()
+    boxes = [(r, c) for r in window_starts(rows, window, stride) for c in window_starts(cols, window, stride)]
+    total = np.zeros((n, rows, cols), np.float64)
+    count = np.zeros((rows, cols), np.float64)
+    for r, c in boxes:
+        count[r:r + window, c:c + window] += 1
+    for i in range(n):
+        for start in range(0, len(boxes), internal_batch_size):
+            chunk = boxes[start:start + internal_batch_size]
+            batch = np.repeat(job.inputs[i:i + 1], len(chunk), axis=0)
+            for k, (r, c) in enumerate(chunk):
+                batch[k, r:r + window, c:c + window, :] = fill
+            scores = select_scores(job.adapter.predict(job.model, batch), np.full(len(chunk), targets[i]),
+                                   job.score)
+            for (r, c), s in zip(chunk, scores):
+                total[i, r:r + window, c:c + window] += base[i] - s
+    maps = np.divide(total, count, out=np.zeros_like(total), where=count > 0).astype(np.float32)
+    return MethodMaps(maps=maps, logits=job.logits(), targets=targets,
+                      effective={"windows_per_image": len(boxes)})
