@@ -53,7 +53,8 @@ def last_spatial_layer(job: AttributionJob) -> str:
     return best[1]
 
 
-def _layer(job: AttributionJob, layer) -> str:
+def layer_of(job: AttributionJob, layer) -> str:
+    """The CAM layer's name: ``layer`` resolved, or the last spatial layer; found once per call."""
     key = ("cam_layer", layer)
     if key not in job.shared:
         job.shared[key] = last_spatial_layer(job) if layer is None else job.adapter.resolve_layer(job.model,
@@ -62,7 +63,7 @@ def _layer(job: AttributionJob, layer) -> str:
 
 
 def _cam(job: AttributionJob, layer, weigh) -> MethodMaps:
-    name = _layer(job, layer)
+    name = layer_of(job, layer)
     out = job.adapter.layer_gradient(job.model, name, job.inputs, job.targets, job.score)
     a = out.activations.astype(np.float64)
     g = out.gradient.astype(np.float64)

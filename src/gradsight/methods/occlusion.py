@@ -27,7 +27,7 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return list(range(0, size - window + 1, stride))
 
 
-def _positive(name: str, value) -> int:
+def positive_int(name: str, value) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise BadInputError(name, expected="a whole number >= 1", got=repr(value))
     return int(value)
@@ -38,8 +38,8 @@ def _positive(name: str, value) -> int:
 def occlusion(job: AttributionJob, *, window: int = 32, stride: int = 16, fill: float = 0.0,
               internal_batch_size: int = 64) -> MethodMaps:
     """Mean drop of the class score over the filled windows that cover each pixel."""
-    window, stride = _positive("window", window), _positive("stride", stride)
-    internal_batch_size = _positive("internal_batch_size", internal_batch_size)
+    window, stride = positive_int("window", window), positive_int("stride", stride)
+    internal_batch_size = positive_int("internal_batch_size", internal_batch_size)
     n, rows, cols, _ = job.inputs.shape
     if window > min(rows, cols):
         raise BadInputError("window", expected=f"at most the input's size ({rows} x {cols})", got=str(window))

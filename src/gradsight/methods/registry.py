@@ -87,7 +87,8 @@ def to_map(attribution: np.ndarray, display: str) -> np.ndarray:
 _METHODS: dict[str, MethodInfo] = {}
 
 #: The modules that define the built-in methods; imported on first use of the registry.
-BUILTIN_MODULES = ("gradient", "integrated_gradients", "smoothgrad", "guided", "cam", "occlusion")
+BUILTIN_MODULES = ("gradient", "integrated_gradients", "smoothgrad", "guided", "cam", "occlusion",
+                   "score_cam")
 
 
 def register_method(name: str, *, reference: str, kind: str = "pixel", display: str = "max_abs",
