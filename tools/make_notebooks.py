@@ -226,6 +226,71 @@ assert (mobilenet.size, mobilenet.stride, mobilenet.padding) == ((315, 315), (32
 ]
 
 
+ATTRIBUTION = [
+    ("md", """# Many maps of one prediction: the attribution family side by side
+
+No single saliency map is the truth: each method answers a slightly different question. Here every method
+gradsight has explains the same prediction of the embedded EfficientNet-Lite0 on the bundled photo, and the
+numbers each paper promises are checked on the way. `gradsight.list_methods()` lists them, with their
+options (the papers' defaults) and references."""),
+    ("code", """import numpy as np
+
+import gradsight
+
+for method in gradsight.list_methods():
+    print(f"{method['name']:22s} {method['kind']:13s} {method['reference']}")
+model = gradsight.load_model("efficientnet_lite0")"""),
+    ("md", """## One sentence per method
+- **gradient** (Simonyan 2013): how much each pixel's change would move the class score.
+- **input_x_gradient** (Shrikumar 2016): the gradient weighted by the input itself — a first-order contribution.
+- **smoothgrad** (Smilkov 2017): the gradient averaged over noisy copies (σ = 15% of the input's range), which
+  removes the gradient's pixel-level noise.
+- **integrated_gradients** (Sundararajan 2017): the gradient integrated along the straight path from a baseline;
+  the attributions add up to the score difference (*completeness*).
+- **guided_backprop** and **deconvnet** (Springenberg 2014): modified ReLU backward passes that give sharp,
+  image-like maps — which, Adebayo et al. (2018) showed, barely depend on the higher layers' weights.
+- **grad_cam**, **grad_cam_pp**, **layer_cam** (Selvaraju 2017, Chattopadhyay 2018, Jiang 2021): coarse maps
+  at the last spatial layer, from its activations weighted by gradients.
+- **occlusion** (Zeiler & Fergus 2014): how much the score drops when a square of the input is hidden.
+- **score_cam** (Wang 2020): the activation maps used as masks, weighted by the class probability they keep."""),
+    ("code", """settings = {"smoothgrad": {"n_samples": 20}, "score_cam": {"internal_batch_size": 128}}
+results = {m["name"]: gradsight.attribute(model, method=m["name"], **settings.get(m["name"], {}))
+           for m in gradsight.list_methods()}
+for name, result in results.items():
+    assert result.predictions[0] == 20, name          # every method explains class 20, water ouzel
+gradsight.attribution_figure(list(results.values()))"""),
+    ("md", """## What the papers promise, checked
+Integrated Gradients: the attributions add up to F(x) − F(baseline). The gap shrinks as the number of steps
+grows (Gauss–Legendre quadrature here)."""),
+    ("code", """for steps in (8, 32, 128):
+    ig = gradsight.attribute(model, method="integrated_gradients", n_steps=steps)
+    gap, total = ig.per_image["completeness_gap"][0], ig.per_image["score_difference"][0]
+    print(f"n_steps={steps:4d}: sum of attributions - (F(x) - F(b)) = {gap:+.4f}  ({abs(gap) / abs(total):.2%})")
+assert abs(gap) / abs(total) < 0.05"""),
+    ("md", """Grad-CAM is coarse: it lives on the layer's grid (7 × 7 here) and is upsampled bilinearly."""),
+    ("code", """cam = results["grad_cam"]
+print("layer:", cam.options["layer"], "grid:", cam.layer_maps.shape[1:], "-> input", cam.maps.shape[1:])
+assert cam.layer_maps.shape[1:] == (7, 7)"""),
+    ("md", """## Keras
+Every method runs on Keras models too. The exercise's seed CNN with the same weights in both frameworks gives
+the same map for each method (the tests check every one; here three)."""),
+    ("code", """import os
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras
+
+from gradsight.adapters.keras.models import copy_seed_weights, keras_seed_cnn
+
+torch_net, keras_model = gradsight.seed_cnn("same"), keras_seed_cnn()
+copy_seed_weights(torch_net, keras_model)
+x = np.random.default_rng(0).normal(size=(1, 64, 64, 1)).astype(np.float32)
+for method in ("gradient", "integrated_gradients", "grad_cam"):
+    a = gradsight.attribute(torch_net, x, method=method).maps
+    b = gradsight.attribute(keras_model, x, method=method).maps
+    print(f"{method:22s} largest difference PyTorch vs Keras: {np.abs(a - b).max() / np.abs(a).max():.1e}")
+    assert np.allclose(a, b, rtol=1e-3, atol=1e-4 * np.abs(a).max())"""),
+]
+
+
 def build(cells) -> nbformat.NotebookNode:
     notebook = new_notebook()
     notebook.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells]
@@ -239,6 +304,7 @@ def main() -> None:
     nbformat.write(build(SALIENCY), folder / "01_saliency.ipynb")
     nbformat.write(build(NODE_GRADIENTS), folder / "02_inner_node_gradients.ipynb")
     nbformat.write(build(RECEPTIVE_FIELD), folder / "03_receptive_field.ipynb")
+    nbformat.write(build(ATTRIBUTION), folder / "04_attribution_methods.ipynb")
 
 
 if __name__ == "__main__":

@@ -257,3 +257,18 @@ def modified_copy(model: nn.Module, rule: str, *, layers: Sequence = (), seed: i
     x = as_nchw(probe[:1], model) if probe is not None else None
     return _rule_copy(model, rule, x)
 
+
+
+def parameter_blocks(model: nn.Module) -> list[str]:
+    """Blocks to re-initialise in a sanity check, top (logits) first: the model's direct children that have
+    parameters, with sequences of stages (nn.Sequential, nn.ModuleList) opened one level."""
+    blocks = []
+    for name, child in model.named_children():
+        if next(child.parameters(), None) is None:
+            continue
+        if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) > 1:
+            blocks += [f"{name}.{sub}" for sub, part in child.named_children() if next(part.parameters(), None)
+                       is not None]
+        else:
+            blocks.append(name)
+    return blocks[::-1]

@@ -176,3 +176,35 @@ def render_comparison(results: list[AttributionResult], i: int, stem: str,
     buffer = io.BytesIO()
     attribution_figure(results, i, percentile).savefig(buffer, format="png", dpi=100)
     return {f"{stem}_methods.png": buffer.getvalue()}
+
+
+def save_attributions(results: list[AttributionResult], out_dir, percentile: float = DEFAULT_PERCENTILE,
+                      stems: list[str] | None = None) -> list:
+    """Write every input's files for every method (and, with several methods, a comparison figure) into
+    ``out_dir``; each file is rendered in memory, then written atomically. Returns the paths written."""
+    from pathlib import Path
+
+    from ..outputs import write_atomic
+    from ..errors import BadInputError
+
+    out = Path(out_dir)
+    first = results[0]
+    stems = stems or [f"input{i}" if not s or s.startswith("<") else Path(s).stem
+                      for i, s in enumerate(first.sources or [None] * len(first))]
+    written = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for i, stem in enumerate(stems):
+            files = {}
+            for result in results:
+                files.update(render_attribution(result, i, stem, percentile))
+            if len(results) > 1:
+                files.update(render_comparison(results, i, stem, percentile))
+            for name, data in files.items():
+                write_atomic(out / name, data)
+                written.append(out / name)
+    except OSError as err:
+        raise BadInputError(f"output folder {str(out)!r}", expected="a folder that can be created and written",
+                            got=f"{type(err).__name__}: {err.strerror or err}",
+                            fix="choose another --out folder") from None
+    return written

@@ -1,0 +1,1 @@
+"""Can a map be trusted? Sanity checks by model randomisation, and deletion/insertion faithfulness."""
