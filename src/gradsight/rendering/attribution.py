@@ -184,8 +184,8 @@ def save_attributions(results: list[AttributionResult], out_dir, percentile: flo
     ``out_dir``; each file is rendered in memory, then written atomically. Returns the paths written."""
     from pathlib import Path
 
-    from ..outputs import write_atomic
     from ..errors import BadInputError
+    from ..outputs import write_atomic
 
     out = Path(out_dir)
     first = results[0]
