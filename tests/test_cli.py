@@ -71,6 +71,7 @@ def test_expect_mismatch_exits_1_and_several_images_get_their_own_files(tmp_path
     assert proc.returncode == 1
     assert "expected top-1 class 21" in proc.stderr and "Traceback" not in proc.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert "ouzel.json" in names and "ouzel_2.json" in names and len(names) == 8
-    record = json.loads((out / "ouzel_2.json").read_text())
+    # same stem and extension: the parent folders tell them apart (the bundled photo is in gradsight/data/)
+    assert "data_ouzel_png.json" in names and f"{tmp_path.name}_ouzel_png.json" in names and len(names) == 8
+    record = json.loads((out / f"{tmp_path.name}_ouzel_png.json").read_text())
     assert record["score"] == "prob" and record["target"] == 20 and record["source"] == str(mirrored)

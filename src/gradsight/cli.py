@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from . import __version__
-from .errors import GradsightError
+from .errors import BadInputError, GradsightError
 
 EXIT_USER_ERROR = 2
 EXIT_EXPECTATION = 1
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     sal = commands.add_parser("saliency", help="vanilla-gradient saliency maps of image classifiers",
                               description="Saliency maps (max over colour channels of |d score / d input|).")
-    sal.add_argument("images", nargs="*", type=Path, help="photos (default: the bundled ouzel.png)")
+    sal.add_argument("images", nargs="*", type=Path,
+                     help="photos, '-' for standard input (default: the bundled ouzel.png)")
     sal.add_argument("--model", default=DEFAULT_MODEL,
                      help=f"{', '.join(CURATED)}, torchvision:NAME or timm:NAME (default: {DEFAULT_MODEL})")
     sal.add_argument("--weights", type=Path, help="a local state-dict file (loaded with weights_only=True)")
@@ -94,6 +96,9 @@ def _run_rf(args) -> int:
     from .methods.fields import as_network, input_shape_for, receptive_field
     from .methods.measured_field import compare_fields
 
+    if args.depth < 1:
+        raise BadInputError("--depth", expected="a depth of at least 1 (1: the model's direct children)",
+                            got=str(args.depth), fix="use --depth 1 or more, or --all for every module")
     network = as_network(args.model)
     shape = input_shape_for(network, args.input_size)
     report = receptive_field(network, shape[1:])
@@ -139,6 +144,27 @@ def _run_rf(args) -> int:
     return 0
 
 
+def _check_output_file(path: Path) -> None:
+    """Refuse, before any work, an output path that cannot become a new file."""
+    what = f"output {str(path)!r}"
+    if path.is_dir():
+        raise BadInputError(what, expected="a file name for the PNG", got="a directory",
+                            fix=f"name a file inside it, e.g. {path / 'gradient.png'}")
+    parent = path.parent
+    if not parent.exists():
+        raise BadInputError(what, expected="a file in an existing folder", got="a missing folder",
+                            fix="create the folder first")
+    if not parent.is_dir():
+        raise BadInputError(what, expected="a file in a folder", got=f"a path under {str(parent)!r}, which is "
+                            "not a folder", fix="choose another --out path")
+    try:  # permissions alone do not tell (root ignores them; /proc refuses new files): try a nameless file
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as err:
+        raise BadInputError(what, expected="a file in a folder that can be written",
+                            got=f"{type(err).__name__}: {err.strerror or err}",
+                            fix="choose another --out path") from None
+
+
 def _run_node(args) -> int:
     import io
 
@@ -148,6 +174,9 @@ def _run_node(args) -> int:
     from .outputs import write_atomic
     from .plotting_fields import node_gradient_figure
 
+    if args.seed < 0:
+        raise BadInputError("--seed", expected="a whole number >= 0", got=str(args.seed), fix="use e.g. --seed 0")
+    _check_output_file(args.out)
     network = as_network(args.model)
     shape = input_shape_for(network, args.input_size)
     adapter = adapter_for(network.module)
@@ -155,12 +184,12 @@ def _run_node(args) -> int:
     result = node_gradient(network, name, tuple(args.unit), default_inputs(shape, args.seed))
     buffer = io.BytesIO()
     node_gradient_figure(result, model_name=f"({network.name})").savefig(buffer, format="png", dpi=100)
-    if args.out.parent and not args.out.parent.exists():
-        from .errors import BadInputError
-
-        raise BadInputError(f"output {str(args.out)!r}", expected="a file in an existing folder",
-                            got="a missing folder", fix="create the folder first")
-    write_atomic(args.out, buffer.getvalue())
+    try:
+        write_atomic(args.out, buffer.getvalue())
+    except OSError as err:  # e.g. a read-only folder, /proc, a full disk
+        raise BadInputError(f"output {str(args.out)!r}", expected="a file that can be written",
+                            got=f"{type(err).__name__}: {err.strerror or err}",
+                            fix="choose another --out path") from None
     (r0, r1), (c0, c1) = result.rect
     box = result.support_box()
     print(f"{network.name} {name}[x={args.unit[0]}, y={args.unit[1]}, c={args.unit[2]}] = {result.values[0]:.6g}")
@@ -171,32 +200,96 @@ def _run_node(args) -> int:
     return 0
 
 
-def _run_saliency(args) -> int:
-    from .methods.saliency import saliency
-    from .models.registry import load_model
-    from .outputs import save_saliency
+def _progress(total: int):
+    """The saliency progress bar: one step per input, done when its files are written; hidden off a terminal."""
+    from tqdm.auto import tqdm
 
+    return tqdm(total=total, desc="saliency", unit="image", file=sys.stderr, disable=None)
+
+
+def _image_items(paths: list[Path]) -> list:
+    """Every image argument checked (regular, readable, an image Pillow knows) before any model loads;
+    '-' is read from standard input."""
+    from .images import check_image_path, load_image_bytes
+
+    if sum(str(p) == "-" for p in paths) > 1:
+        raise BadInputError("images", expected="'-' (standard input) at most once",
+                            got=f"'-' {sum(str(p) == '-' for p in paths)} times",
+                            fix="standard input can be read only once; save the other images to files")
+    items = [p if str(p) == "-" else check_image_path(p) for p in paths]
+    if Path("-") in items:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise BadInputError("image '-'", expected="an image piped into standard input",
+                                got="a terminal", fix="pipe a file in (gradsight saliency - < photo.jpg)")
+        items[items.index(Path("-"))] = load_image_bytes(sys.stdin.buffer.read(), "<stdin>")
+    return items
+
+
+def _class_range_check(expect: int | None, classes: int | None) -> None:
+    if expect is not None and classes is not None and not 0 <= expect < classes:
+        raise BadInputError("--expect", expected=f"a class index in 0..{classes - 1}", got=str(expect),
+                            fix="pass a class index the model has")
+
+
+def _run_saliency(args) -> int:
+    from .images import Photo, example_image_path
+    from .methods.saliency import saliency_batches
+    from .models.registry import load_model
+    from .outputs import make_output_folder, output_stems, write_saliency
+
+    if args.batch_size < 1:
+        raise BadInputError("--batch-size", expected="a whole number >= 1", got=str(args.batch_size))
+    items = _image_items(list(args.images)) if args.images else [example_image_path()]
+    existing = next(p for p in (args.out.absolute(), *args.out.absolute().parents) if p.exists())
+    if not existing.is_dir():  # the folder itself, or one it would be created in, is a file
+        raise BadInputError(f"output folder {str(args.out)!r}", expected="a folder that can be created and "
+                            "written", got=f"{str(existing)!r} is a file", fix="choose another --out folder")
     model = load_model(args.model, weights=args.weights, download=args.download)
-    images = list(args.images) or None
-    result = saliency(model, images, target=args.target, score=args.score, fast=not args.plain,
-                      batch_size=args.batch_size, progress=True)
+    if model.class_names is not None:
+        _class_range_check(args.expect, len(model.class_names))
+    batches = saliency_batches(model, items, target=args.target, score=args.score, fast=not args.plain,
+                               batch_size=args.batch_size)
+    stems = output_stems([item.source if isinstance(item, Photo) else str(item) for item in items])
     print(f"model: {model.name} ({model.spec.weights})")
-    for i in range(len(result)):
-        print(f"\n{result.sources[i]}")
-        for rank, (cls, name, prob) in enumerate(result.top_k(i, 5), start=1):
-            print(f"  {rank}. {cls:4d}  {prob:7.4f}  {name}")
-        target = int(result.targets[i])
-        print(f"  saliency of {result.score}[{target}] ({result.label(target)})")
-    written = save_saliency(result, args.out)
-    print(f"\nwrote {len(written)} files to {args.out}/: " + ", ".join(p.name for p in written))
-    if args.expect is not None:
-        wrong = [(s, int(p)) for s, p in zip(result.sources, result.predictions) if int(p) != args.expect]
-        if wrong:
-            for source, predicted in wrong:
-                print(f"gradsight: expected top-1 class {args.expect} ({result.label(args.expect)}) for "
-                      f"{source}, got {predicted} ({result.label(predicted)})", file=sys.stderr)
-            return EXIT_EXPECTATION
-    return 0
+    wrong, count, files, bar = [], 0, 0, _progress(len(items))
+    try:
+        bar.set_postfix_str("gradients")
+        for part in batches:
+            if count == 0:
+                _class_range_check(args.expect, part.logits.shape[1])
+                make_output_folder(args.out)
+            for i in range(len(part)):
+                bar.set_postfix_str(f"rendering {stems[count]}")
+                written = write_saliency(part, i, args.out, stems[count])
+                files += len(written)
+                bar.update(1)
+                bar.write(_report(part, i, written), file=sys.stdout)
+                predicted = int(part.predictions[i])
+                if args.expect is not None and predicted != args.expect:
+                    wrong.append((part.sources[i], predicted, part.label(predicted), part.label(args.expect)))
+                count += 1
+            bar.set_postfix_str("gradients")
+    finally:
+        bar.close()
+    print(f"\nwrote {files} files to {args.out}/")
+    for source, predicted, label, expected_label in wrong:
+        print(f"gradsight: expected top-1 class {args.expect} ({expected_label}) for {source}, got {predicted} "
+              f"({label})", file=sys.stderr)
+    return EXIT_EXPECTATION if wrong else 0
+
+
+def _report(part, i: int, written: list[Path]) -> str:
+    """What the terminal shows for one input: source, notes, top-5, what was explained, files written."""
+    lines = [f"\n{part.sources[i]}"]
+    for note in (part.conversions[i], part.orientations[i] if i < len(part.orientations) else None):
+        if note:
+            lines.append(f"  read as: {note}")
+    for rank, (cls, name, prob) in enumerate(part.top_k(i, 5), start=1):
+        lines.append(f"  {rank}. {cls:4d}  {prob:7.4f}  {name}")
+    target = int(part.targets[i])
+    lines.append(f"  saliency of {part.score}[{target}] ({part.label(target)})")
+    lines.append("  wrote " + ", ".join(p.name for p in written))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,10 +6,16 @@ Example:
     >>> sorted(p.name for p in paths)                                      # doctest: +SKIP
     ['ouzel.json', 'ouzel_figure.png', 'ouzel_saliency.npy', 'ouzel_saliency.png']
 
-Per input: ``<stem>_saliency.png`` (the map in model-input pixels, 8-bit, see ``plotting.to_uint8``),
-``<stem>_figure.png`` (photo | saliency | overlay), ``<stem>_saliency.npy`` (raw float32 map, model-input
-pixels) and ``<stem>.json`` (model, target, score, preprocessing, version). Every file is rendered in memory,
-then written to a temporary name and renamed, so a failure never leaves a half-written file.
+Per input: ``<name>_saliency.png`` (the map in model-input pixels, 8-bit, see ``plotting.to_uint8``),
+``<name>_figure.png`` (photo | saliency | overlay), ``<name>_saliency.npy`` (raw float32 map, model-input
+pixels) and ``<name>.json`` (source, model, target, score, preprocessing, version). Each file is rendered in
+memory, then written to a temporary name and renamed, so a failure never leaves a half-written file.
+
+Names (``output_stems``) never collide, so no run overwrites its own outputs: ``<name>`` is the file's stem
+(``photos/a.png`` -> ``a``); inputs whose stems collide (ignoring case) get the extension (``a_png``,
+``a_jpg``), then as many parent folders as it takes (``x_a_png``, ``y_a_png``); a name made this way is never
+another input's plain stem. The same file given twice gets ``_2``; arrays and PIL images are ``input<i>``,
+standard input is ``stdin``. The JSON records ``source`` and ``output_name``, so the mapping is explicit.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,17 +55,70 @@ def _umask() -> int:
     return mask
 
 
-def _stems(result: SaliencyResult) -> list[str]:
-    stems, seen = [], {}
-    for i in range(len(result)):
-        source = result.sources[i] if i < len(result.sources) else None
-        stem = Path(source).stem if source and not source.startswith("<") else f"input{i}"
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return stems
+def _candidates(source: str | None, index: int) -> list[str]:
+    """Names for one input, from plainest to most specific: stem, stem_ext, parent_stem_ext, ..."""
+    if not source or source.startswith("<"):
+        return ["stdin" if source == "<stdin>" else f"input{index}"]
+    path = Path(os.path.abspath(source))
+    names = [path.stem]
+    tail = f"{path.stem}_{path.suffix[1:]}" if path.suffix else path.stem
+    if path.suffix:
+        names.append(tail)
+    for parent in path.parents:
+        if not parent.name:
+            break
+        tail = f"{parent.name}_{tail}"
+        names.append(tail)
+    return names
 
 
-def sidecar(result: SaliencyResult, i: int, files: list[str], percentile: float) -> dict:
+def _numbered(name: str, taken: set[str]) -> str:
+    k = 2
+    while f"{name}_{k}".casefold() in taken:
+        k += 1
+    return f"{name}_{k}"
+
+
+def output_stems(sources: Sequence[str | None]) -> list[str]:
+    """One file-name stem per input, all different ignoring case (the rule is in the module docstring)."""
+    keys = [os.path.abspath(s) if s and not s.startswith("<") else (i,) for i, s in enumerate(sources)]
+    first: dict = {}
+    unique = [i for i, key in enumerate(keys) if first.setdefault(key, i) == i]
+    candidates = {i: _candidates(sources[i], i) for i in unique}
+    natural = {i: candidates[i][0].casefold() for i in unique}
+    level = dict.fromkeys(unique, 0)
+    while True:
+        folded = {i: candidates[i][level[i]].casefold() for i in unique}
+        moving = []
+        for i in unique:
+            others = [j for j in unique if j != i]
+            if level[i] == 0:  # a plain stem moves on only when another plain stem is the same
+                clash = any(level[j] == 0 and folded[j] == folded[i] for j in others)
+            else:  # a made name must be unique and must not be anyone's plain stem
+                clash = any(folded[i] in (folded[j], natural[j]) for j in others)
+            if clash and level[i] + 1 < len(candidates[i]):
+                moving.append(i)
+        if not moving:
+            break
+        for i in moving:
+            level[i] += 1
+    names = {i: candidates[i][level[i]] for i in unique}
+    taken = {name.casefold() for name in names.values()} | set(natural.values())
+    used: set[str] = set()
+    for i in unique:  # what the folders could not tell apart (e.g. A.png and a.png in one folder) gets a number
+        name = names[i]
+        if name.casefold() in used or (level[i] and any(natural[j] == name.casefold() for j in unique if j != i)):
+            name = _numbered(name, taken | used)
+        names[i] = name
+        used.add(name.casefold())
+    for i, key in enumerate(keys):
+        if first[key] != i:  # the same file again
+            names[i] = _numbered(names[first[key]], taken | used)
+            used.add(names[i].casefold())
+    return [names[i] for i in range(len(sources))]
+
+
+def sidecar(result: SaliencyResult, i: int, files: list[str], percentile: float, stem: str | None = None) -> dict:
     """The JSON record for input ``i``."""
     from . import __version__
 
@@ -69,7 +129,10 @@ def sidecar(result: SaliencyResult, i: int, files: list[str], percentile: float)
         "method": "saliency (vanilla gradient): max over channels of |d score / d input|",
         "model": result.model_name,
         "source": result.sources[i] if i < len(result.sources) else None,
+        "output_name": stem,
+        "input_kind": result.input_kinds[i] if i < len(result.input_kinds) else None,
         "converted_from": result.conversions[i] if i < len(result.conversions) else None,
+        "orientation": result.orientations[i] if i < len(result.orientations) else None,
         "score": result.score,
         "target": target,
         "target_label": result.label(target),
@@ -99,26 +162,49 @@ def render_saliency(result: SaliencyResult, i: int, stem: str,
     buffer = io.BytesIO()
     np.save(buffer, result.saliency[i].astype(np.float32))
     files[f"{stem}_saliency.npy"] = buffer.getvalue()
-    record = sidecar(result, i, sorted([*files, f"{stem}.json"]), percentile)
+    record = sidecar(result, i, sorted([*files, f"{stem}.json"]), percentile, stem)
     files[f"{stem}.json"] = (json.dumps(record, indent=2) + "\n").encode()
     return files
 
 
-def save_saliency(result: SaliencyResult, out_dir: str | Path,
-                  percentile: float = DEFAULT_PERCENTILE) -> list[Path]:
-    """Write every input's files into ``out_dir`` (created if needed); returns the paths written."""
+def _output_error(out: Path, err: OSError) -> BadInputError:
+    return BadInputError(f"output folder {str(out)!r}", expected="a folder that can be created and written",
+                         got=f"{type(err).__name__}: {err.strerror or err}", fix="choose another --out folder")
+
+
+def make_output_folder(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` (and its parents) if needed; one clear error when that is impossible."""
     out = Path(out_dir)
-    rendered = {}
-    for i, stem in enumerate(_stems(result)):
-        rendered.update(render_saliency(result, i, stem, percentile))
-    written = []
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for name, data in rendered.items():
+    except OSError as err:
+        raise _output_error(out, err) from None
+    return out
+
+
+def write_saliency(result: SaliencyResult, i: int, out_dir: str | Path, stem: str,
+                   percentile: float = DEFAULT_PERCENTILE) -> list[Path]:
+    """Render input ``i``'s files and write them into the existing folder ``out_dir``, each atomically."""
+    out = Path(out_dir)
+    written = []
+    try:
+        for name, data in render_saliency(result, i, stem, percentile).items():
             write_atomic(out / name, data)
             written.append(out / name)
     except OSError as err:
-        raise BadInputError(f"output folder {str(out)!r}", expected="a folder that can be created and written",
-                            got=f"{type(err).__name__}: {err.strerror or err}",
-                            fix="choose another --out folder") from None
+        raise _output_error(out, err) from None
+    return written
+
+
+def save_saliency(result: SaliencyResult, out_dir: str | Path,
+                  percentile: float = DEFAULT_PERCENTILE) -> list[Path]:
+    """Write every input's files into ``out_dir`` (created if needed), one input at a time; returns the paths.
+
+    File names come from ``output_stems(result.sources)``: never two inputs on one name.
+    """
+    out = make_output_folder(out_dir)
+    sources = [result.sources[i] if i < len(result.sources) else None for i in range(len(result))]
+    written = []
+    for i, stem in enumerate(output_stems(sources)):
+        written += write_saliency(result, i, out, stem, percentile)
     return written

@@ -37,9 +37,13 @@ def to_uint8(values: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> np.n
 
 
 def saliency_figure(result: SaliencyResult, i: int = 0, percentile: float = DEFAULT_PERCENTILE) -> Figure:
-    """Photo | saliency | overlay for input ``i``, titled with the predicted label and its probability."""
+    """Photo | saliency | overlay for input ``i``, titled with the predicted label and its probability.
+
+    The photo is the result's display copy (longest side at most 1024 pixels), and the map is resampled onto
+    that copy, so a huge photo costs no more memory than a small one.
+    """
     photo = result.photos[i] if i < len(result.photos) else None
-    sal = normalise(result.on_original(i) if photo is not None else result.saliency[i], percentile)
+    sal = normalise(result.on_original(i, photo.size) if photo is not None else result.saliency[i], percentile)
     predicted = int(result.predictions[i])
     target = int(result.targets[i])
     fig = Figure(figsize=(13, 4.3), layout="constrained")
@@ -47,7 +51,10 @@ def saliency_figure(result: SaliencyResult, i: int = 0, percentile: float = DEFA
     if photo is not None:
         axes[0].imshow(photo)
         geometry = result.geometries[i]
+        scale_x, scale_y = (shown / full for shown, full in zip(photo.size, geometry.original_size))
         left, top, right, bottom = geometry.crop_box_on_original()
+        left, right, top, bottom = left * scale_x, right * scale_x, top * scale_y, bottom * scale_y
+        # box edges, not pixel centres: pixel k covers k - 0.5 .. k + 0.5 in imshow's coordinates
         axes[0].add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
                                     edgecolor="yellow", linestyle="--", linewidth=1.2))
         axes[0].set_title("photo (dashed: what the model sees)")

@@ -117,8 +117,12 @@ class Preprocess:
         std = np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
 
-    def to_original(self, values: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-        """Resample a (height, width) map from model-input pixels onto the photo; pixels never seen are 0."""
+    def to_original(self, values: np.ndarray, original_size: tuple[int, int],
+                    size: tuple[int, int] | None = None) -> np.ndarray:
+        """Resample a (height, width) map from model-input pixels onto the photo; pixels never seen are 0.
+
+        ``size`` (width, height): onto a scaled copy of the photo instead (a display copy), not its full size.
+        """
         geo = self.geometry(original_size)
         left, top, right, bottom = geo.crop_box
         if values.shape != (bottom - top, right - left):
@@ -126,7 +130,7 @@ class Preprocess:
                                 got=f"shape {values.shape}")
         canvas = np.zeros(geo.resized_size[::-1], dtype=np.float32)
         canvas[top:bottom, left:right] = values
-        back = Image.fromarray(canvas, mode="F").resize(geo.original_size, Image.Resampling.BILINEAR)
+        back = Image.fromarray(canvas, mode="F").resize(size or geo.original_size, Image.Resampling.BILINEAR)
         return np.asarray(back, dtype=np.float32)
 
     def as_dict(self) -> dict:

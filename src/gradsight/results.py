@@ -37,7 +37,9 @@ class SaliencyResult:
     geometries: tuple[Geometry | None, ...] = ()
     conversions: tuple[str | None, ...] = ()
     fast: bool = True
-    photos: tuple = field(default=(), repr=False)  # the RGB PIL photos, for display (None for raw arrays)
+    photos: tuple = field(default=(), repr=False)  # RGB copies for display, longest side <= 1024 (None: arrays)
+    input_kinds: tuple[str, ...] = ()  # "photo" or "model_input", per input
+    orientations: tuple[str | None, ...] = ()  # the EXIF orientation applied to each photo, if any
 
     def __len__(self) -> int:
         return len(self.saliency)
@@ -70,12 +72,13 @@ class SaliencyResult:
         order = np.argsort(-probs, kind="stable")[:k]
         return [(int(c), self.label(int(c)), float(probs[c])) for c in order]
 
-    def on_original(self, i: int) -> np.ndarray:
-        """The saliency of input ``i`` resampled onto its original photo (pixels outside the crop are 0)."""
+    def on_original(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The saliency of input ``i`` resampled onto its original photo (pixels outside the crop are 0), at the
+        photo's full size (the upright photo's, after any EXIF rotation) or at ``size`` = (width, height)."""
         geometry = self.geometries[i] if i < len(self.geometries) else None
         if geometry is None or self.preprocess is None:
             return self.saliency[i]
-        return self.preprocess.to_original(self.saliency[i], geometry.original_size)
+        return self.preprocess.to_original(self.saliency[i], geometry.original_size, size)
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,7 +109,9 @@ class AttributionResult:
     geometries: tuple[Geometry | None, ...] = ()
     conversions: tuple[str | None, ...] = ()
     fast: bool = True
-    photos: tuple = field(default=(), repr=False)
+    photos: tuple = field(default=(), repr=False)  # RGB copies for display, longest side <= 1024 (None: arrays)
+    input_kinds: tuple[str, ...] = ()  # "photo" or "model_input", per input
+    orientations: tuple[str | None, ...] = ()  # the EXIF orientation applied to each photo, if any
 
     def __len__(self) -> int:
         return len(self.maps)
@@ -139,9 +144,10 @@ class AttributionResult:
         order = np.argsort(-probs, kind="stable")[:k]
         return [(int(c), self.label(int(c)), float(probs[c])) for c in order]
 
-    def on_original(self, i: int) -> np.ndarray:
-        """The map of input ``i`` resampled onto its original photo (pixels outside the crop are 0)."""
+    def on_original(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The map of input ``i`` resampled onto its original photo (pixels outside the crop are 0), at the
+        photo's full size or at ``size`` = (width, height), e.g. that of the display copy in ``photos``."""
         geometry = self.geometries[i] if i < len(self.geometries) else None
         if geometry is None or self.preprocess is None:
             return self.maps[i]
-        return self.preprocess.to_original(self.maps[i], geometry.original_size)
+        return self.preprocess.to_original(self.maps[i], geometry.original_size, size)

@@ -39,13 +39,14 @@ def _recorded(options: dict) -> dict:
 
 def attribute(model: Any, images: Any = None, *, method: str = "gradient", target: Any = None,
               score: str = "logit", batch_size: int = 8, fast: bool = True, preprocess: Preprocess | None = None,
-              progress: bool = False, **options) -> AttributionResult:
+              progress: bool = False, input_kind: str = "auto", **options) -> AttributionResult:
     """Attribution maps of ``images`` (default: the bundled ouzel.png) by ``method`` (see ``list_methods``).
 
     ``model``: a name, a ``LoadedModel``, a ``torch.nn.Module`` or a ``keras.Model``. ``target``: None (the
     predicted class), an index, or one per image. ``score``: "logit" (pre-softmax), "prob" or "logprob".
     ``options``: the method's own (its defaults are the papers'); unknown ones are refused by name.
     Images go through the method ``batch_size`` at a time; methods bound their own inner batches.
+    ``input_kind``: how arrays are read ("auto", "photo", "photo01", "model_input"; see ``prepare_inputs``).
     """
     info = get_method(method)
     chosen = method_options(info, options)
@@ -58,7 +59,7 @@ def attribute(model: Any, images: Any = None, *, method: str = "gradient", targe
     if adapter.name not in info.frameworks:
         raise BadInputError(f"method {info.name!r}", expected=f"a {' or '.join(info.frameworks)} model",
                             got=f"a {adapter.name} model", fix="see `gradsight methods` for what runs where")
-    batch = prepare_inputs(images, loaded.preprocess)
+    batch = prepare_inputs(images, loaded.preprocess, input_kind)
     count = len(batch.arrays)
     targets = _targets(target, count)
     if loaded.class_names is not None:
@@ -104,4 +105,6 @@ def attribute(model: Any, images: Any = None, *, method: str = "gradient", targe
         conversions=batch.conversions,
         fast=fast,
         photos=batch.photos,
+        input_kinds=batch.kinds,
+        orientations=batch.orientations,
     )

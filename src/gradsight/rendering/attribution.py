@@ -65,7 +65,7 @@ def describe(result: AttributionResult) -> str:
 
 def _panel(ax, result: AttributionResult, i: int, percentile: float) -> None:
     photo = result.photos[i] if i < len(result.photos) else None
-    values = result.on_original(i) if photo is not None else result.maps[i]
+    values = result.on_original(i, photo.size) if photo is not None else result.maps[i]
     scaled, signed = scale(values, percentile)
     if signed:
         if photo is not None:
@@ -131,6 +131,8 @@ def sidecar(result: AttributionResult, i: int, files: list[str], percentile: flo
         "model": result.model_name,
         "source": result.sources[i] if i < len(result.sources) else None,
         "converted_from": result.conversions[i] if i < len(result.conversions) else None,
+        "input_kind": result.input_kinds[i] if i < len(result.input_kinds) else None,
+        "orientation": result.orientations[i] if i < len(result.orientations) else None,
         "score": result.score,
         "target": target,
         "target_label": result.label(target),
@@ -189,8 +191,7 @@ def save_attributions(results: list[AttributionResult], out_dir, percentile: flo
 
     out = Path(out_dir)
     first = results[0]
-    stems = stems or [f"input{i}" if not s or s.startswith("<") else Path(s).stem
-                      for i, s in enumerate(first.sources or [None] * len(first))]
+    stems = stems or output_stems(first.sources or [None] * len(first))
     written = []
     try:
         out.mkdir(parents=True, exist_ok=True)
