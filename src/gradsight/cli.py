@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--seed", type=int, default=0, help="seed of the uniform [0, 1) input (default: 0)")
     node.add_argument("--out", type=Path, default=Path("gradient.png"), help="PNG to write")
     node.set_defaults(run=_run_node)
+
+    from .commands import evaluation, methods
+
+    methods.add_parser(commands)
+    evaluation.add_parsers(commands, DEFAULT_MODEL)
     return parser
 
 
@@ -207,24 +212,6 @@ def _progress(total: int):
     return tqdm(total=total, desc="saliency", unit="image", file=sys.stderr, disable=None)
 
 
-def _image_items(paths: list[Path]) -> list:
-    """Every image argument checked (regular, readable, an image Pillow knows) before any model loads;
-    '-' is read from standard input."""
-    from .images import check_image_path, load_image_bytes
-
-    if sum(str(p) == "-" for p in paths) > 1:
-        raise BadInputError("images", expected="'-' (standard input) at most once",
-                            got=f"'-' {sum(str(p) == '-' for p in paths)} times",
-                            fix="standard input can be read only once; save the other images to files")
-    items = [p if str(p) == "-" else check_image_path(p) for p in paths]
-    if Path("-") in items:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise BadInputError("image '-'", expected="an image piped into standard input",
-                                got="a terminal", fix="pipe a file in (gradsight saliency - < photo.jpg)")
-        items[items.index(Path("-"))] = load_image_bytes(sys.stdin.buffer.read(), "<stdin>")
-    return items
-
-
 def _class_range_check(expect: int | None, classes: int | None) -> None:
     if expect is not None and classes is not None and not 0 <= expect < classes:
         raise BadInputError("--expect", expected=f"a class index in 0..{classes - 1}", got=str(expect),
@@ -232,6 +219,7 @@ def _class_range_check(expect: int | None, classes: int | None) -> None:
 
 
 def _run_saliency(args) -> int:
+    from .commands.options import image_arguments
     from .images import Photo, example_image_path
     from .methods.saliency import saliency_batches
     from .models.registry import load_model
@@ -239,7 +227,7 @@ def _run_saliency(args) -> int:
 
     if args.batch_size < 1:
         raise BadInputError("--batch-size", expected="a whole number >= 1", got=str(args.batch_size))
-    items = _image_items(list(args.images)) if args.images else [example_image_path()]
+    items = image_arguments(list(args.images)) if args.images else [example_image_path()]
     existing = next(p for p in (args.out.absolute(), *args.out.absolute().parents) if p.exists())
     if not existing.is_dir():  # the folder itself, or one it would be created in, is a file
         raise BadInputError(f"output folder {str(args.out)!r}", expected="a folder that can be created and "
