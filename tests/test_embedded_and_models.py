@@ -127,3 +127,52 @@ def test_other_torchvision_classifier_end_to_end(tmp_path, ouzel_path):
     plain = gradsight.saliency(model, ouzel_path, fast=False)
     assert fast.saliency.shape == (1, 224, 224)
     assert np.linalg.norm(fast.saliency - plain.saliency) <= 1e-3 * np.linalg.norm(plain.saliency)
+
+
+class Gadget:
+    """A custom class: a pickle of it needs this code to load, which weights_only=True refuses."""
+
+
+def _bad_weight_files(folder):
+    import pickle
+
+    from safetensors.torch import save_file
+
+    good = torchvision.models.resnet18().state_dict()
+    torch.save(good, folder / "good.pth")
+    data = (folder / "good.pth").read_bytes()
+    torch.save({"weights": Gadget()}, folder / "custom_class.pth")
+    (folder / "plain_pickle.pth").write_bytes(pickle.dumps(Gadget()))
+    (folder / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (folder / "notes.pth").write_text("these are not weights\n")
+    save_file({"conv.weight": torch.zeros(3)}, str(folder / "wrong_keys.safetensors"))
+    save_file({**good, "fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)},
+              str(folder / "wrong_shapes.safetensors"))
+    (folder / "truncated.safetensors").write_bytes((folder / "wrong_shapes.safetensors").read_bytes()[:1000])
+    return {
+        "custom_class.pth": ["needs arbitrary code to load", "Gadget"],
+        "plain_pickle.pth": ["pickle", "arbitrary code"],
+        "truncated.pth": ["damaged or truncated"],
+        "notes.pth": ["text file"],
+        "wrong_keys.safetensors": ["missing", "conv.weight"],
+        "wrong_shapes.safetensors": ["fc.weight", "(10, 512)"],
+        "truncated.safetensors": ["damaged or truncated"],
+    }
+
+
+def test_bad_weight_files_give_one_line_in_our_words(tmp_path, capsys):
+    from gradsight.cli import main
+
+    for name, words in _bad_weight_files(tmp_path).items():
+        with pytest.raises(gradsight.BadInputError) as info:
+            gradsight.load_model("resnet18", weights=tmp_path / name)
+        assert info.value.fix, name
+        code = main(["saliency", "--model", "resnet18", "--weights", str(tmp_path / name),
+                     "--out", str(tmp_path / "out")])
+        out, err = capsys.readouterr()
+        assert code == 2 and err.count("\n") == 1 and err.startswith("gradsight: error: weights file"), (name, err)
+        # torch's own advice to re-run with weights_only=False is exactly what a user must not do
+        assert "weights_only=False" not in err and "\x1b" not in err and "add_safe_globals" not in err, err
+        for word in words:
+            assert word in err, (name, word, err)
+        assert not (tmp_path / "out").exists()

@@ -238,3 +238,78 @@ def test_nested_model_and_conv1d_fields():
     # causal dilated 5 -> k' = 2*4 + 1 = 9, left padding 8; then 3 at stride 1 -> 9 + 2 = 11, S = 2
     assert (c2.size, c2.stride, c2.padding) == ((11,), (2,), (8,))
     assert c2.rect((0,)) == ((0, 11 - 8 - 1),)
+
+
+def test_bad_keras_weight_files_give_one_line_in_our_words(tmp_path, capsys):
+    from gradsight.cli import main
+
+    seed = keras_seed_cnn()
+    seed.set_weights([w + 0.5 for w in seed.get_weights()])  # not the weights a fresh seed CNN has
+    seed.save_weights(tmp_path / "seed.weights.h5")
+    seed.save(tmp_path / "seed.keras")
+    x = keras.Input((128, 128, 1))
+    y = keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)  # Python code inside the file
+    keras.Model(x, keras_seed_cnn()(y)).save(tmp_path / "lambda.keras")
+    h5, whole = (tmp_path / "seed.weights.h5").read_bytes(), (tmp_path / "seed.keras").read_bytes()
+    (tmp_path / "truncated.weights.h5").write_bytes(h5[: len(h5) // 2])
+    (tmp_path / "truncated.keras").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "notes.weights.h5").write_text("not weights\n")
+    keras.applications.MobileNet(weights=None, input_shape=(128, 128, 3)).save_weights(tmp_path / "m.weights.h5")
+    cases = {
+        "lambda.keras": ["Lambda layer", "Python code", "save_weights"],
+        "truncated.weights.h5": ["damaged or truncated"],
+        "truncated.keras": ["damaged or truncated"],
+        "notes.weights.h5": ["text file"],
+        "m.weights.h5": ["another architecture"],
+    }
+    for name, words in cases.items():
+        with pytest.raises(gradsight.BadInputError) as info:
+            gradsight.load_model("keras:seed-cnn", weights=tmp_path / name)
+        message = str(info.value)
+        assert message.startswith(f"weights file '{tmp_path / name}': expected ") and "\n" not in message, message
+        # Keras' own advice (safe_mode=False) would run the code in the file: never repeat it
+        assert "safe_mode=False" not in message and "File not found" not in message, message
+        for word in words:
+            assert word in message, (name, word, message)
+    assert main(["saliency", "--model", "keras:seed-cnn", "--weights", str(tmp_path / "lambda.keras")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    loaded = gradsight.load_model("keras:seed-cnn", weights=tmp_path / "seed.keras")
+    assert loaded.spec.weights.startswith("file:")
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.module.get_weights(), seed.get_weights()))
+
+
+KERAS_FAMILIES = ["vgg16", "vgg19", "resnet", "resnet_v2", "mobilenet", "mobilenet_v2", "mobilenet_v3", "inception_v3",
+                  "inception_resnet_v2", "xception", "densenet", "nasnet", "efficientnet", "efficientnet_v2",
+                  "convnext"]
+
+
+@pytest.mark.parametrize("family", KERAS_FAMILIES)
+def test_keras_application_preprocessing_equals_keras_own(family, ouzel_path):
+    # Preprocessing belongs to the weights: each keras.applications family has its own preprocess_input
+    # ("caffe" BGR minus means, "tf" x / 127.5 - 1, "torch" ImageNet mean/std, or none: the model rescales).
+    from gradsight.adapters.keras_models import application_preprocess
+
+    ours = application_preprocess(family, (299, 299))
+    image = keras.utils.load_img(ouzel_path, target_size=(299, 299))
+    expected = getattr(keras.applications, family).preprocess_input(keras.utils.img_to_array(image)[None])[0]
+    np.testing.assert_allclose(ours(gradsight.load_image(ouzel_path)), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_every_keras_application_has_its_preprocessing_and_input_size(tmp_path):
+    import inspect
+
+    from gradsight.adapters.keras_models import application_preprocess
+
+    keys = []
+    for name in dir(keras.applications):
+        factory = getattr(keras.applications, name)
+        if name[:1].isupper() and callable(factory):
+            family = inspect.getmodule(factory).__name__.rsplit(".", 1)[-1]
+            assert application_preprocess(family, (224, 224)).input_size == (224, 224), name
+            keys.append(name.lower().replace("_", "").replace("-", ""))  # how keras:NAME is matched
+    assert len(keys) == len(set(keys)) > 30  # one keras:NAME, one application
+    model = keras.applications.MobileNet(weights=None)
+    model.save_weights(tmp_path / "mobilenet.weights.h5")
+    loaded = gradsight.load_model("keras:mobilenet", weights=tmp_path / "mobilenet.weights.h5")
+    assert loaded.preprocess == application_preprocess("mobilenet", (224, 224))
+    assert (loaded.preprocess.mean, loaded.preprocess.std) == ((0.5,) * 3, (0.5,) * 3)  # x / 127.5 - 1

@@ -8,16 +8,26 @@ Example:
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import BadInputError, MissingDependencyError, UnknownNameError, WeightsUnavailableError
 from ..models.imagenet import imagenet_class_names
-from ..models.registry import CURATED
+from ..models.registry import CURATED, SEED_NETWORKS
 from ..models.spec import LoadedModel, ModelSpec
 from ..preprocess import Preprocess
 from . import avoid_triton_tensorflow_clash
 
 avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
+
+#: The one architecture behind each curated name, in load_model and in the architecture-only build_torch_network
+#: alike: "efficientnet_lite0" is timm's tf_efficientnet_lite0 (TF 'same' padding), which the embedded weights
+#: fit; timm's own "efficientnet_lite0" pads symmetrically and its border units see other pixels.
+CURATED_ARCHITECTURES = {"efficientnet_lite0": ("timm", "tf_efficientnet_lite0"),
+                         "resnet50": ("torchvision", "resnet50")}
 
 
 def _require(module: str):
@@ -51,11 +61,26 @@ def _library_and_name(name: str, extra_known: tuple[str, ...] = ()) -> tuple[str
     raise UnknownNameError("model", name, [*extra_known, *tv_names, *timm.list_models()])
 
 
+def _architecture(name: str) -> tuple[str, str]:
+    """("torchvision" | "timm", architecture) for a curated name, ``torchvision:NAME``, ``timm:NAME`` or a bare
+    name: the same answer for every entry point."""
+    if name in CURATED_ARCHITECTURES:
+        return CURATED_ARCHITECTURES[name]
+    return _library_and_name(name, (*CURATED, *SEED_NETWORKS))
+
+
 def load_torch_model(name: str, *, weights: str | Path | None = None, download: bool = False) -> LoadedModel:
-    """Resolve ``name`` (curated, ``torchvision:NAME``, ``timm:NAME`` or a bare name) to a LoadedModel."""
+    """Resolve ``name`` (curated, ``torchvision:NAME``, ``timm:NAME``, a bare name or a seed CNN) to a
+    LoadedModel."""
     if name == "efficientnet_lite0":
         return _efficientnet_lite0(weights)
-    library, base = _library_and_name(name, CURATED)
+    if name in SEED_NETWORKS:
+        network = build_torch_network(name)
+        if weights is not None:
+            load_weights_into(network.module, weights)
+            return LoadedModel(network.module, replace(network.spec, weights=f"file: {weights}"))
+        return network
+    library, base = _architecture(name)
     if library == "torchvision":
         return _torchvision(base, weights, download)
     return _timm(base, weights, download)
@@ -69,22 +94,61 @@ def load_state_file(path: str | Path) -> dict:
     if not path.is_file():
         raise WeightsUnavailableError(f"{what}: expected an existing file, got none there. Check the path.")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing the file anyway
+            warnings.simplefilter("ignore")
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file is the same user error
-        raise BadInputError(what, expected="a state dict saved with torch.save or safetensors",
-                            got=f"a file that does not load safely ({type(err).__name__}: {err})".strip(),
-                            fix="save the model's state_dict(), not the pickled model") from None
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file is the same user error, said in our words
+        raise BadInputError(what, expected="a state dict of tensors (read with weights_only=True, or safetensors)",
+                            got=_unreadable(path, err),
+                            fix="save the model's state_dict() with torch.save, or use safetensors") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise BadInputError(what, expected="a dict of tensors", got=type(state).__name__)
+        raise BadInputError(what, expected="a dict of tensors", got=f"a {type(state).__name__}",
+                            fix="save the model's state_dict() with torch.save, or use safetensors")
+    odd = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if odd:
+        raise BadInputError(what, expected="a dict of tensors", got=f"{len(odd)} entries that are not tensors "
+                            f"(e.g. {odd[0]!r}: a {type(state[odd[0]]).__name__})",
+                            fix="save the model's state_dict() with torch.save, or use safetensors")
     return state
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """What an unreadable weights file is, in one line: torch's own message runs over several lines, carries
+    terminal colours and advises ``weights_only=False``, which would run whatever code the file holds."""
+    with open(path, "rb") as file:
+        head = file.read(512)
+    text = str(err)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # torch.save's zip, or a bare pickle
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            return f"a file that needs arbitrary code to load (a pickled {found.group(1)} object)"
+        if "Weights only load failed" in text or isinstance(err, pickle.UnpicklingError):
+            return "a Python pickle that is not a plain state dict (loading it would need arbitrary code)"
+        return "a damaged or truncated torch.save file"
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        return "a damaged or truncated safetensors file"
+    return "a text file" if _looks_like_text(head) else "a file in an unknown format (neither torch.save's nor " \
+                                                       "safetensors)"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start >= len(head) - 3  # only a multi-byte character cut off at the end of `head`
+    return True
 
 
 def _load_into(model, state: dict, what: str) -> None:
@@ -241,40 +305,40 @@ def build_torch_network(name: str):
         net = seed_cnn(seeds[name])
         prep = Preprocess(resize=None, crop=None, mean=(0.0,), std=(1.0,))
         return LoadedModel(net, ModelSpec(name, "torch", prep, None, "random (seeded)", SEED_INPUT))
-    if ":" in name and name.split(":", 1)[0] not in ("torchvision", "tv", "timm"):
-        return _from_python_path(name)
-    library, base = _library_and_name(name, ("seed-cnn", "seed-cnn-torch"))
+    from ..models.registry import is_factory_path, network_from_factory
+
+    if is_factory_path(name):
+        return network_from_factory(name)
+    library, base = _architecture(name)
     if library == "torchvision":
-        net = _require("torchvision.models").get_model(base, weights=None).eval()
+        tvm = _require("torchvision.models")
+        net = tvm.get_model(base, weights=None).eval()
+        try:
+            crop = tvm.get_model_weights(base).DEFAULT.transforms().crop_size
+        except ValueError:  # no published weights: no preferred size either
+            crop = [224]
+        rows, cols = (crop[0], crop[0]) if len(crop) == 1 else tuple(crop)
     else:
         net = _require("timm").create_model(base, pretrained=False).eval()
+        rows, cols = _timm_preprocess(net.pretrained_cfg).input_size
     from .torch_fields import _first_conv_channels
 
+    # The input size load_model's preprocessing gives this name, so rf/node default to what saliency sees.
     spec = ModelSpec(name, "torch", Preprocess(resize=None, crop=None), None, "random (architecture only)",
-                     (_first_conv_channels(net), 224, 224))
+                     (_first_conv_channels(net), rows, cols))
     return LoadedModel(net, spec)
 
 
-def _from_python_path(path: str):
-    import importlib
-
-    torch = _require("torch")
-    module_name, _, factory_name = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise BadInputError(f"model {path!r}", expected="an importable module before ':'",
-                            got=f"{type(err).__name__}: {err}", fix="check the module path and sys.path") from None
-    factory = getattr(module, factory_name, None)
-    if not callable(factory):
-        raise UnknownNameError(f"factory in {module_name}", factory_name,
-                               [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")])
-    net = factory()
-    if not isinstance(net, torch.nn.Module):
-        raise BadInputError(f"model {path!r}", expected="a factory returning a torch.nn.Module",
-                            got=type(net).__name__)
+def factory_spec(net, path: str) -> ModelSpec:
+    """The spec of a network a ``package.module:factory`` returned (the net is put in eval mode, as named
+    networks are)."""
     from .torch_fields import _first_conv_channels
 
-    spec = ModelSpec(path, "torch", Preprocess(resize=None, crop=None), None, "from the factory",
-                     (_first_conv_channels(net), 224, 224))
-    return LoadedModel(net.eval(), spec)
+    net.eval()
+    shape = getattr(net, "gradsight_input_shape", None) or (_first_conv_channels(net), 224, 224)
+    return ModelSpec(path, "torch", Preprocess(resize=None, crop=None), None, "from the factory", tuple(shape))
+
+
+def load_weights_into(model, weights: str | Path) -> None:
+    """Load a state-dict file into ``model`` (shapes and names checked first)."""
+    _load_into(model, load_state_file(weights), f"weights file {str(weights)!r}")
