@@ -280,6 +280,29 @@ class KerasAdapter:
 
     # --- layers, partial models, node gradients ------------------------------------------------------------
 
+    def score_gradient(self, model, inputs: np.ndarray, targets, score: str = "logit",
+                       fast: bool = True) -> ScoreGradient:
+        return self.class_score_gradient(model, inputs, list(targets), score, fast)
+
+    def predict(self, model, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        from .keras_primitives import predict
+
+        return predict(model, inputs, batch_size)
+
+    def layer_gradient(self, model, layer, inputs: np.ndarray, targets, score: str = "logit"):
+        from .keras_primitives import layer_gradient
+
+        return layer_gradient(model, layer, inputs, targets, score)
+
+    def modified_copy(self, model, rule: str, *, layers=(), seed: int = 0, probe=None):
+        from .keras_primitives import modified_copy
+
+        return modified_copy(model, rule, layers=layers, seed=seed, probe=probe)
+
+    def parameter_blocks(self, model) -> list[str]:
+        """Layers with weights, top (logits) first: the blocks a sanity check re-initialises."""
+        return [layer.name for layer in model.layers if layer.weights][::-1]
+
     def layer_names(self, model) -> list[str]:
         return [layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
 
