@@ -1,6 +1,7 @@
 """gradsight.saliency vs Captum's Saliency, side by side in one process on the same inputs.
 
 Run:  .venv/bin/python bench/saliency.py [--repeats 7] [--models resnet50 efficientnet_lite0]
+      .venv/bin/python bench/saliency.py --change-check     (what seeing model changes costs per call)
 
 For each model and batch size it prints the median time per call of both and their ratio; the ratio for
 gradsight's plain path (``fast=False``: no BatchNorm folding, channels-last input kept); how far apart the
@@ -117,12 +118,58 @@ def bench(model: gradsight.LoadedModel, batch: int, repeats: int, peak: float) -
     }
 
 
+def change_check(repeats: int) -> None:
+    """What checking for changes costs per call: the fast path's folded copy is reused only while the model's
+    structure (model_signature) and every tensor value (a bitwise comparison with a snapshot) are unchanged;
+    node_gradient also keys its field report on the structure. Medians over ``repeats`` x 20 calls."""
+    from gradsight.adapters.torch import structure_key
+    from gradsight.adapters.torch_zoo import seed_cnn
+
+    resnet = gradsight.LoadedModel(conditioned_resnet50(), gradsight.ModelSpec(
+        "resnet50 (random weights)", "torch", gradsight.Preprocess(resize=232, crop=224)))
+    for model in (resnet, gradsight.load_model("efficientnet_lite0")):
+        _check_cost(model, repeats)
+    net = seed_cnn("same")
+    x = np.random.default_rng(0).random((128, 128, 1), dtype=np.float32)
+    gradsight.node_gradient(net, "L6", (8, 8, 0), x)
+    key = _per_call(lambda: structure_key(net), repeats, 200)
+    call = _per_call(lambda: gradsight.node_gradient(net, "L6", (8, 8, 0), x), repeats, 50)
+    print(f"seed CNN (no BatchNorm: no folded copy, no values to compare): field-report key {key * 1e3:.3f} ms "
+          f"per call; a node_gradient call of L6 (8, 8, 0) takes {call * 1e3:.2f} ms")
+
+
+def _per_call(fn, repeats: int, n: int = 20) -> float:
+    return statistics.median(_timed(lambda: [fn() for _ in range(n)]) / n for _ in range(repeats))
+
+
+def _check_cost(model: gradsight.LoadedModel, repeats: int) -> None:
+    from gradsight.adapters.torch import _FOLDED, model_signature, same_values
+
+    net = model.module
+    x = inputs_for(model, 8)
+    gradsight.saliency(model, x[:1])  # builds the folded copy
+    structure, tensors, _ = model_signature(net)
+    saved = _FOLDED[net][1]
+    walk = _per_call(lambda: model_signature(net), repeats)
+    values = _per_call(lambda: same_values(tensors, saved), repeats)
+    one = statistics.median(_timed(lambda: gradsight.saliency(model, x[:1])) for _ in range(repeats))
+    eight = statistics.median(_timed(lambda: gradsight.saliency(model, x)) for _ in range(repeats))
+    count = sum(t.numel() for t in tensors)
+    print(f"{model.name}: {len(structure)} modules, {count / 1e6:.1f} M values; structure walk "
+          f"{walk * 1e3:.2f} ms + value comparison {values * 1e3:.2f} ms = {(walk + values) * 1e3:.2f} ms per "
+          f"call; a saliency call takes {one * 1e3:.0f} ms (batch 1), {eight * 1e3:.0f} ms (batch 8)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--models", nargs="+", default=["resnet50", "efficientnet_lite0"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--change-check", action="store_true", help="only measure what seeing changes costs")
     args = parser.parse_args()
+    if args.change_check:
+        change_check(args.repeats)
+        return
     rates = gemm_gflops()
     peak = max(rates.values())
     print(f"machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "

@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 import gradsight
+from gradsight.errors import UnsupportedGeometryError
 from gradsight.methods.measured_field import FieldCheck
 
 
@@ -93,3 +94,15 @@ def test_effective_receptive_field_lies_inside_the_analytic_one():
     assert erf.centre == (8 * 8 - 16 + 16, 8 * 8 - 16 + 16)  # u*S - P + (r - 1)/2
     half, most, everything = erf.radius(0.5), erf.radius(0.9), erf.radius(1.0)
     assert 0 < half < most < everything <= np.hypot(16, 16)
+
+
+def test_measure_field_works_where_the_trace_refuses():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Upsample(scale_factor=2), nn.Conv2d(2, 2, 3)).eval()
+    with pytest.raises(UnsupportedGeometryError, match="measure_field"):
+        gradsight.receptive_field(net, (16, 16))
+    values, check = gradsight.measure_field(net, "2", (10, 10), input_size=(16, 16), mode="union")
+    # conv 3x3 on the upsampled grid reads rows 10..12 there, i.e. source rows 5..6, which the first 3x3
+    # convolution (padding 1) computes from input rows 4..7
+    assert check.analytic is None and check.measured == ((4, 7), (4, 7)) and not check.agree
+    assert values.shape == (16, 16)

@@ -11,6 +11,7 @@ from torch import nn
 
 import gradsight
 from gradsight.adapters.torch_zoo import seed_cnn
+from gradsight.errors import UnsupportedGeometryError
 from gradsight.methods import cone
 from gradsight.methods.cone import crop_window
 
@@ -298,6 +299,51 @@ def test_the_unit_layer_runs_on_its_cone_only(monkeypatch):
         np.testing.assert_allclose(g.gradient, full.gradient, rtol=1e-5, atol=1e-5 * np.abs(full.gradient).max())
 
 
+def _autograd_unit(net: nn.Module, layer: str, x_hwc: np.ndarray, index) -> tuple[float, np.ndarray]:
+    """Plain autograd on the whole input: z[index] of the layer's output (batch index 0 prepended)."""
+    x = torch.from_numpy(x_hwc).permute(2, 0, 1)[None].clone().requires_grad_(True)
+    seen = []
+    handle = net.get_submodule(layer).register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        net(x)
+    finally:
+        handle.remove()
+    z = seen[0][(0, *index)]
+    (grad,) = torch.autograd.grad(z, x)
+    return float(z.detach()), grad[0].permute(1, 2, 0).numpy()
+
+
+def test_channels_last_layers_take_units_as_row_column_channel(monkeypatch):
+    import timm
+
+    # timm ConvNeXt with conv_mlp=False runs its MLP as nn.Linear on N x H x W x C maps
+    torch.manual_seed(0)
+    net = timm.create_model("convnext_atto", pretrained=False, conv_mlp=False).eval()
+    layer = "stages.0.blocks.0.mlp.fc1"
+    x = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
+    field = gradsight.receptive_field(net, (64, 64))[layer]
+    assert field.spatial_shape == (16, 16) and field.channels == 160  # 64 / 4 (the stem), 4 x 40 features
+    for unit in [(2, 9, 11), (5, 7, 3), (15, 0, 159)]:
+        value, ref = _autograd_unit(net, layer, x, unit)  # z[0, row, col, channel]
+        for crop in (True, False):
+            g = gradsight.node_gradient(net, layer, unit, x, crop=crop)
+            assert g.values[0] == pytest.approx(value, rel=1e-5, abs=1e-6), (unit, crop)
+            np.testing.assert_allclose(g.gradient, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+            assert g.rect == g.support_box(), (unit, crop)
+        # the stem (4x4/4) then a 7x7 depthwise convolution (padding 3) at stride 4: rows 4u - 12 .. 4u + 15
+        assert g.rect[0] == (max(4 * unit[0] - 12, 0), min(4 * unit[0] + 15, 63))
+    monkeypatch.setattr(cone, "MIN_CROPPED_VALUES", 0)  # crops of channels-last outputs inside the block too
+    g = gradsight.node_gradient(net, layer, (5, 7, 3), x)
+    np.testing.assert_allclose(g.gradient, _autograd_unit(net, layer, x, (5, 7, 3))[1], rtol=1e-5, atol=1e-7)
+    with pytest.raises(gradsight.BadInputError, match=r"0\.\.15 x 0\.\.15"):
+        gradsight.node_gradient(net, layer, (16, 0, 0), x)
+    with pytest.raises(gradsight.BadInputError, match=r"0\.\.159"):
+        gradsight.node_gradient(net, layer, (0, 0, 160), x)
+    many = gradsight.node_gradients(net, layer, [(2, 9, 11), (15, 0, 159)], inputs=x)
+    np.testing.assert_allclose(many.gradients[1], _autograd_unit(net, layer, x, (15, 0, 159))[1], rtol=1e-5,
+                               atol=1e-7)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18 (residual)", "mobilenet_v2 (depthwise, residual)",
                                   "timm tf_efficientnet_lite0 (TF same padding)", "dilated context module",
@@ -328,3 +374,78 @@ def test_cone_crops_equal_the_full_computation_on_the_zoo(name, monkeypatch):
                                        err_msg=f"{field.name} {unit}")
             np.testing.assert_allclose(cropped.values, full.values, rtol=1e-5, atol=1e-6)
     assert deeper_crops >= 2  # crops of intermediate outputs were exercised, not only the input crop
+
+
+# --- without an analytic field: crop=False needs none, and layers before a refused operation keep theirs --
+
+
+def _reflecting() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.ReflectionPad2d(2), nn.Conv2d(1, 2, 5), nn.ReLU(),
+                         nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")).eval()
+
+
+def test_crop_false_needs_no_field_for_reflect_padding():
+    net = _reflecting()
+    x = np.random.default_rng(0).random((24, 24, 1), dtype=np.float32)
+    with pytest.raises(UnsupportedGeometryError, match=r"crop=False"):
+        gradsight.node_gradient(net, "3", (5, 6, 1), x)
+    for unit in [(5, 6, 1), (0, 23, 0)]:
+        g = gradsight.node_gradient(net, "3", unit, x, crop=False)
+        value, ref = _autograd_unit(net, "3", x, (unit[2], unit[0], unit[1]))
+        assert g.values[0] == pytest.approx(value, rel=1e-6, abs=1e-7)
+        np.testing.assert_allclose(g.gradient, ref, rtol=1e-6, atol=1e-7 * np.abs(ref).max())
+        assert g.rect is None and g.field is None and not g.cropped  # unknown, never a wrong rectangle
+    # a reflected border unit reads pixels inside the image, so its support is not at the border
+    assert g.support_box() is not None
+    with pytest.raises(gradsight.BadInputError, match=r"0\.\.23"):
+        gradsight.node_gradient(net, "3", (24, 0, 0), x, crop=False)
+    many = gradsight.node_gradients(net, "3", channel=1, inputs=x, crop=False)
+    assert len(many) == 24 * 24 and many.field is None
+
+
+class _UpLater(nn.Module):
+    """An encoder, then an upsampling: layers before it have fields; after it, only crop=False works."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.a = nn.Conv2d(1, 2, 3, padding=1)
+        self.b = nn.Conv2d(2, 2, 3, stride=2, padding=1)
+        self.up = nn.Upsample(scale_factor=2)
+        self.c = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(self.up(torch.relu(self.b(torch.relu(self.a(x))))))
+
+
+def test_layers_before_a_refused_operation_keep_their_field():
+    net = _UpLater().eval()
+    x = np.random.default_rng(1).random((32, 32, 1), dtype=np.float32)
+    with pytest.raises(UnsupportedGeometryError, match="'up'"):
+        gradsight.receptive_field(net, (32, 32))
+    g = gradsight.node_gradient(net, "b", (6, 9, 1), x)  # before the upsampling: field and window as usual
+    # a 3x3/1 then a 3x3/2 (both padding 1): r = 1 + 2 + 2 * 1 = 5, S = 2, P = 1 + 1 * 1 = 2
+    assert g.rect == ((6 * 2 - 2, 6 * 2 - 2 + 5 - 1), (9 * 2 - 2, 9 * 2 - 2 + 5 - 1))
+    assert g.cropped and g.support_box() == g.rect
+    np.testing.assert_allclose(g.gradient, _autograd_unit(net, "b", x, (1, 6, 9))[1], rtol=1e-6, atol=1e-8)
+    with pytest.raises(UnsupportedGeometryError, match=r"crop=False"):
+        gradsight.node_gradient(net, "c", (3, 3, 0), x)
+    g = gradsight.node_gradient(net, "c", (3, 3, 0), x, crop=False)
+    np.testing.assert_allclose(g.gradient, _autograd_unit(net, "c", x, (0, 3, 3))[1], rtol=1e-6, atol=1e-8)
+    assert g.rect is None
+
+
+def test_an_untraced_layer_of_unknown_layout_is_refused_with_both_readings():
+    class Last(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.act = nn.Upsample(scale_factor=2), nn.GELU()
+
+        def forward(self, x):
+            return self.act(self.up(x).permute(0, 2, 3, 1))  # channels last after the upsampling
+
+    net = Last().eval()
+    with pytest.raises(gradsight.BadInputError) as info:
+        gradsight.node_gradient(net, "act", (0, 0, 0), np.ones((8, 8, 3), np.float32), crop=False)
+    assert "(N, C, H, W)" in str(info.value) and "(N, H, W, C)" in str(info.value)

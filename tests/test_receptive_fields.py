@@ -196,10 +196,189 @@ def test_train_mode_batchnorm_is_traced_in_eval_mode_and_restored():
     assert net.training and net[1].training and torch.equal(net[1].running_mean, before)
 
 
-def test_analytic_fields_of_resnet50_are_fast_enough_to_be_interactive():
-    # Not a timing test (timings live in bench/); this keeps the tracer on a single forward pass.
+def test_analytic_fields_of_resnet50_are_fast_enough_to_be_interactive(monkeypatch):
+    # Not a timing test (timings live in bench/); this keeps the tracer on a single forward pass, on meta.
+    from gradsight.adapters import torch_fields
+
     calls = []
-    net = torchvision.models.resnet50()
-    net.register_forward_pre_hook(lambda m, a: calls.append(1))
-    trace_fields(net, (3, 224, 224))
-    assert len(calls) == 1
+    run = torch_fields._run
+    monkeypatch.setattr(torch_fields, "_run", lambda *args: calls.append(args[2].type) or run(*args))
+    trace_fields(torchvision.models.resnet50(), (3, 224, 224))
+    assert calls == ["meta"]
+
+
+# --- the trace needs no pixel values: its memory and time do not grow with the input ---------------------
+
+_TRACE_4096 = """
+import json, resource, sys, time
+limit = 3 * 2 ** 30  # bytes of heap: the real tensors of a 4096 x 4096 ResNet50 run would need about 30 GiB
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+import torchvision
+from gradsight.adapters.torch_fields import trace_fields
+net = torchvision.models.resnet50()
+start = time.perf_counter()
+report = trace_fields(net, (3, 4096, 4096))
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "layers": {n: [report[n].output_shape, report[n].size, report[n].stride,
+                  report[n].padding] for n in ("conv1", "maxpool", "layer1", "layer2", "layer3", "layer4")}}))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter: importing torch and building ResNet50 take most of its ~10 s
+@pytest.mark.skipif(not hasattr(__import__("resource"), "RLIMIT_DATA"), reason="needs RLIMIT_DATA (Linux)")
+def test_trace_at_4096_pixels_needs_no_pixel_memory():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", _TRACE_4096], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["seconds"] < 10
+    small = trace_fields(torchvision.models.resnet50(), (3, 224, 224))
+    # output rows: conv1 7/2 pad 3: (4096 + 2 * 3 - 7) // 2 + 1; maxpool 3/2 pad 1: (2048 + 2 * 1 - 3) // 2 + 1;
+    # then strides 1, 2, 2, 2
+    rows = {"conv1": (4096 + 2 * 3 - 7) // 2 + 1, "maxpool": (2048 + 2 * 1 - 3) // 2 + 1}
+    rows.update(layer1=1024, layer2=1024 // 2, layer3=1024 // 4, layer4=1024 // 8)
+    channels = {"conv1": 64, "maxpool": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
+    for name, (shape, size, stride, padding) in got["layers"].items():
+        assert shape == [channels[name], rows[name], rows[name]], name
+        # size, stride and padding do not depend on the input size
+        assert (tuple(size), tuple(stride), tuple(padding)) == (small[name].size, small[name].stride,
+                                                                small[name].padding), name
+    assert got["layers"]["layer3"][1:] == [[267, 267], [16, 16], [133, 133]]
+
+
+def _reports_equal(a, b) -> None:
+    assert [(f.name, f.kind, f.output_shape, f.field, f.geometry, f.seq, f.calls, f.spatial_axes)
+            for f in a.layers] == [(f.name, f.kind, f.output_shape, f.field, f.geometry, f.seq, f.calls,
+                                    f.spatial_axes) for f in b.layers]
+    assert a.reads == b.reads and a.positional == b.positional
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "squeezenet1_1", "convnext_atto (channels-last)",
+                                  "tf_efficientnet_lite0"])
+def test_meta_trace_equals_the_trace_on_real_tensors(name, monkeypatch):
+    import timm
+
+    from gradsight.adapters import torch_fields
+
+    torch.manual_seed(0)
+    if name.startswith("convnext"):
+        net = timm.create_model("convnext_atto", conv_mlp=False)
+    elif name.startswith("tf_"):
+        net = timm.create_model(name)
+    else:
+        net = getattr(torchvision.models, name)()
+    meta = trace_fields(net, (3, 96, 96))
+    monkeypatch.setattr(torch_fields, "_meta_copy", lambda model: None)  # the real-tensor path
+    _reports_equal(meta, trace_fields(net, (3, 96, 96)))
+
+
+def test_trace_leaves_the_model_and_its_hooks_alone():
+    net = seed_cnn("torch").train()
+    before = {k: (v.data_ptr(), v.device) for k, v in net.state_dict().items()}
+    calls = []
+    handle = net.L3.register_forward_hook(lambda m, a, out: calls.append(out.device))
+    report = trace_fields(net, (1, 64, 64))
+    handle.remove()
+    assert report["L3"].size == (13, 13)
+    assert calls == []  # the analytic trace runs a copy on the meta device, without the user's hooks
+    assert {k: (v.data_ptr(), v.device) for k, v in net.state_dict().items()} == before
+    assert net.training and all(m.training for m in net.modules())
+
+
+class _NeedsValues(nn.Module):
+    """Looks at a value (data-dependent control flow): impossible on the meta device, fine on real tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y if float(y.abs().sum()) >= 0 else -y
+
+
+def test_models_that_need_values_are_traced_on_real_tensors():
+    report = trace_fields(_NeedsValues(), (1, 20, 20))
+    assert report["conv"].size == (3, 3)
+
+
+class _OutOfMemory(nn.Module):
+    def __init__(self, error):
+        super().__init__()
+        self.conv, self.error = nn.Conv2d(1, 1, 3), error
+
+    def forward(self, x):
+        self.conv(x)
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 30.00 GiB"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't "
+                                                "allocate memory: you tried to allocate 32212254720 bytes"),
+                                   MemoryError()])
+def test_out_of_memory_is_reported_as_such(error):
+    with pytest.raises(gradsight.BadInputError, match="out of memory") as info:
+        trace_fields(_OutOfMemory(error), (1, 64, 64))
+    assert "check the input size" not in str(info.value).lower()
+
+
+# --- what the trace cannot follow is refused by name, never reported as a field ---------------------------
+
+
+class _Windows(nn.Module):
+    """Swin-style: a convolution, then (optionally) a cyclic shift and a partition into 4 x 4 windows that a
+    linear layer mixes within each window, then the windows put back."""
+
+    def __init__(self, shift: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.mix = nn.Linear(4 * 16, 4 * 16)
+        self.shift = shift
+
+    def forward(self, x):
+        y = self.conv(x).permute(0, 2, 3, 1)  # N H W C
+        if self.shift:
+            y = torch.roll(y, shifts=(-2, -2), dims=(1, 2))
+        n, h, w, c = y.shape
+        windows = y.view(n, h // 4, 4, w // 4, 4, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 16 * c)
+        mixed = self.mix(windows).view(n, h // 4, w // 4, 4, 4, c).permute(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
+        return mixed.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_window_partitions_and_rolls_are_refused_by_name(shift):
+    with pytest.raises(UnsupportedGeometryError) as info:
+        trace_fields(_Windows(shift), (1, 16, 16))
+    message = str(info.value)
+    if shift:
+        assert "roll" in message
+    else:
+        assert "view" in message and "splits spatial axis" in message
+    assert "global" not in message
+    assert "rf --measure" not in message  # it fails the same way; the message says what works instead
+    assert "crop=False" in message
+
+
+def test_swin_window_attention_is_refused_not_reported_global():
+    import timm
+
+    net = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
+    with pytest.raises(UnsupportedGeometryError) as info:
+        gradsight.receptive_field(net, (224, 224))
+    message = str(info.value)
+    assert "layers.0.blocks.0" in message and "splits spatial axis" in message  # window_partition's view
+
+
+def test_flattening_and_token_sequences_stay_global():
+    # a classifier's flatten and a ViT-style token sequence mix every position: global, as before
+    head = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 14 * 14, 3))
+    assert trace_fields(head, (1, 16, 16))["2"].is_global
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
+                                               hidden_dim=8, mlp_dim=16)
+    tokens = trace_fields(vit, (3, 32, 32))
+    assert tokens["conv_proj"].size == (16, 16) and tokens["encoder"].is_global

@@ -15,6 +15,9 @@ touches a spatial tensor is refused by name — gradsight never guesses a geomet
 
 from __future__ import annotations
 
+import copy
+import math
+
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -96,8 +99,10 @@ class _FieldMode(TorchDispatchMode):
     def refuse(self, func, reason: str):
         raise UnsupportedGeometryError(
             f"receptive field of module {self.where()!r}: expected operations with a known effect on the pixel "
-            f"grid, got {func} ({reason}). Replace or wrap that module, or measure the field from gradients "
-            f"instead (gradsight rf --measure).")
+            f"grid, got {func} ({reason}). Replace or wrap that module; or, for layers after it, use what needs "
+            f"no analytic field: gradsight.node_gradient(model, layer, unit, crop=False) (the gradient on the "
+            f"whole input) and gradsight.measure_field(model, layer, mode='union') (the support measured from "
+            f"gradients). Layers that run before it keep their fields in node_gradient.")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -184,7 +189,7 @@ class _FieldMode(TorchDispatchMode):
                 shift = 0 if keep else sum(1 for d in reduced if d < min(first.dims))
                 self.same(outs, first.field, tuple(d - shift for d in first.dims))
         elif name in _VIEWS:
-            self.view(first, outs)
+            self.view(func, first, outs)
         elif name == "permute":
             order = [d % first.tensor.ndim for d in args[1]]
             self.same(outs, first.field, tuple(order.index(d) for d in first.dims))
@@ -193,7 +198,14 @@ class _FieldMode(TorchDispatchMode):
             swap = {a: b, b: a}
             self.same(outs, first.field, tuple(swap.get(d, d) for d in first.dims))
         elif name in ("unsqueeze", "squeeze"):
-            self.view(first, outs)
+            self.view(func, first, outs)
+        elif name == "roll":
+            dims = args[2] if len(args) > 2 else ()  # none: a roll of the flattened tensor
+            dims = [dims] if isinstance(dims, int) else list(dims)
+            if not dims or {d % first.tensor.ndim for d in dims} & set(first.dims):
+                self.refuse(func, "a cyclic shift (roll) of a spatial axis wraps pixels from one border to the "
+                                  "other, as in shifted-window attention")
+            self.same(outs, first.field, first.dims)
         elif name == "cat":
             dim = (args[1] if len(args) > 1 else 0) % first.tensor.ndim
             if dim in first.dims:
@@ -272,7 +284,7 @@ class _FieldMode(TorchDispatchMode):
         for o in outs:  # positions folded into rows stay folded (a bias added after a matmul, say)
             self.track(o, field, base.dims, base.rows if not field.is_global else None)
 
-    def view(self, src: _Tracked, outs) -> None:
+    def view(self, func, src: _Tracked, outs) -> None:
         if src.field.is_global:
             self.same(outs, src.field, ())
             return
@@ -281,6 +293,7 @@ class _FieldMode(TorchDispatchMode):
             shape_out = list(o.shape)
             if src.rows is not None:
                 prefix, dims = src.rows
+                self.refuse_split(func, [*prefix, shape_in[-1]], dims, shape_out)
                 if tuple(shape_out[:-1]) == prefix:  # unfolded: the positions are axes again
                     self.track(o, src.field, dims)
                 elif len(shape_out) == 2 and shape_out[0] == shape_in[0]:
@@ -288,6 +301,7 @@ class _FieldMode(TorchDispatchMode):
                 else:
                     self.track(o, Field.everything(src.field.misaligned), ())
                 continue
+            self.refuse_split(func, shape_in, src.dims, shape_out)
             if (len(shape_in) > 2 and len(shape_out) == 2 and shape_out[1] == shape_in[-1]
                     and len(shape_in) - 1 not in src.dims):
                 # positions folded into rows, features kept: (N, H, W, C) -> (N*H*W, C)
@@ -300,6 +314,24 @@ class _FieldMode(TorchDispatchMode):
             else:  # flattening space into features: every output sees every position
                 self.track(o, Field.everything(src.field.misaligned), ())
 
+    def refuse_split(self, func, shape_in, dims, shape_out) -> None:
+        """Refuse a view that cuts a spatial axis into several axes (Swin's window partition: H becomes
+        H/7 windows of 7 rows). Flattening merges axes and is fine; a split has an output axis boundary
+        strictly inside the spatial axis, i.e. a prefix product of the output shape between the products of
+        the input shape before and after that axis."""
+        bounds, product = set(), 1
+        for n in shape_out:
+            product *= n
+            bounds.add(product)
+        for d in dims:
+            before = math.prod(shape_in[:d])
+            after = before * shape_in[d]
+            inside = sorted(b for b in bounds if before < b < after)
+            if inside:
+                parts = [inside[0] // before] + [b // a for a, b in zip(inside, inside[1:])] + [after // inside[-1]]
+                self.refuse(func, f"a view that splits spatial axis {d} of size {shape_in[d]} into "
+                                  f"{' x '.join(map(str, parts))}, as a window partition does")
+
 
 def _first_conv_channels(model: nn.Module) -> int:
     for module in model.modules():
@@ -310,15 +342,106 @@ def _first_conv_channels(model: nn.Module) -> int:
 
 def trace_fields(model: nn.Module, input_shape: tuple[int, ...] | None = None,
                  name: str | None = None) -> FieldReport:
-    """Receptive fields of every module of ``model`` for an input of ``input_shape`` = (channels, rows, cols)."""
+    """Receptive fields of every module of ``model`` for an input of ``input_shape`` = (channels, rows, cols).
+
+    Geometry needs shapes, not values: the model is traced as a copy on PyTorch's meta device, whose tensors
+    have no storage, so time and memory do not grow with the input's pixel count (ResNet50 at 4096 x 4096 in
+    about a second). A model that cannot run there (one that looks at values, or keeps tensors outside its
+    parameters and buffers) is traced on its own device instead, with real tensors.
+    """
     if input_shape is None:
         input_shape = (_first_conv_channels(model), 224, 224)
     if len(input_shape) not in (2, 3) or any(int(n) < 1 for n in input_shape):
         raise BadInputError("input shape", expected="(channels, length) or (channels, rows, cols)",
                             got=str(tuple(input_shape)))
+    input_shape = tuple(int(n) for n in input_shape)
+    try:
+        traced = None
+        clone = _meta_copy(model)
+        if clone is not None:
+            try:
+                traced = _run(clone, input_shape, torch.device("meta"))
+            except GradsightError:  # refusals do not depend on the device
+                raise
+            except Exception:  # needs values or real tensors: trace the model itself, below
+                traced = None
+        if traced is None:
+            traced = _run_real(model, input_shape)
+    except UnsupportedGeometryError as err:
+        # The modules that finished before the refused operation have exact fields: node_gradient uses them.
+        state, err.traced = getattr(err, "traced", None), None  # drop the tensors
+        err.partial = None if state is None else _report(*state, input_shape, model, name)
+        raise
+    return _report(*traced, input_shape, model, name)
+
+
+def _report(mode, records, order, calls, input_shape, model, name) -> FieldReport:
+    layers = []
+    spatial = tuple(input_shape[1:])
+    for layer in order:
+        module, out, seq = records[layer]
+        tracked = mode.lookup(out) if isinstance(out, torch.Tensor) else None
+        if tracked is None:
+            continue
+        geometry = _geometry(mode.local_ops.get(layer))
+        axes = tuple(d - 1 for d in tracked.dims)  # without the batch axis
+        trailing = tuple(range(out.ndim - 1 - len(axes), out.ndim - 1))
+        layers.append(LayerField(layer, type(module).__name__, tuple(out.shape[1:]), tracked.field, spatial,
+                                 geometry, seq=seq, calls=calls[layer],
+                                 spatial_axes=axes if axes and axes != trailing and tracked.rows is None else None))
+    return FieldReport(name or type(model).__name__, spatial, tuple(layers), tuple(mode.reads),
+                       tuple(mode.positional))
+
+
+def _meta_copy(model: nn.Module) -> nn.Module | None:
+    """A copy of ``model`` whose parameters and buffers are storage-less meta tensors (the values are never
+    read nor copied), without the user's hooks; None when the model cannot be copied."""
+    memo: dict[int, torch.Tensor] = {}
+    try:
+        for p in model.parameters():
+            memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        for b in model.buffers():
+            memo[id(b)] = torch.empty_like(b, device="meta")
+        clone = copy.deepcopy(model, memo)
+    except Exception:
+        return None
+    for module in clone.modules():  # hooks that record activations must not see our run
+        for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+                      module._backward_pre_hooks):
+            hooks.clear()
+    return clone
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
+
+
+def _run_real(model: nn.Module, input_shape: tuple[int, ...]):
+    """_run on the model's own device, with its errors in one line: out of memory said as such."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        return _run(model, input_shape, device)
+    except GradsightError:
+        raise
+    except (RuntimeError, MemoryError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if _out_of_memory(err):
+            raise BadInputError("receptive-field trace", expected="enough memory to run the model once at "
+                                f"{' x '.join(map(str, input_shape[1:]))}", got=f"out of memory ({first})",
+                                fix="pass a smaller input size, or free memory") from None
+        raise BadInputError("input size", expected="an input the model accepts", got=f"{input_shape} "
+                            f"({first})", fix="check the input size and channels") from None
+
+
+def _run(model: nn.Module, input_shape: tuple[int, ...], device: torch.device):
+    """One forward pass of ``model`` on an input of ``input_shape`` under the field-tracking mode:
+    (mode, records, order, calls)."""
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    device = param.device if param is not None else torch.device("cpu")
     x = torch.rand((1, *input_shape), dtype=dtype, device=device)
     stack: list[str] = []
     mode = _FieldMode(stack)
@@ -348,26 +471,13 @@ def trace_fields(model: nn.Module, input_shape: tuple[int, ...] | None = None,
             mode.track(x, Field.identity(len(input_shape) - 1), tuple(range(2, x.ndim)))
             with mode:
                 model(x)
-    except GradsightError:
+    except UnsupportedGeometryError as err:
+        err.traced = (mode, records, order, calls)  # what ran before the refusal: trace_fields reports it
         raise
-    except RuntimeError as err:
-        raise BadInputError("input size", expected="an input the model accepts", got=f"{tuple(input_shape)} "
-                            f"({str(err).splitlines()[0]})", fix="check the input size and channels") from None
     finally:
         for handle in handles:
             handle.remove()
-    layers = []
-    spatial = tuple(input_shape[1:])
-    for layer in order:
-        module, out, seq = records[layer]
-        tracked = mode.lookup(out) if isinstance(out, torch.Tensor) else None
-        if tracked is None:
-            continue
-        geometry = _geometry(mode.local_ops.get(layer))
-        layers.append(LayerField(layer, type(module).__name__, tuple(out.shape[1:]), tracked.field, spatial,
-                                 geometry, seq=seq, calls=calls[layer]))
-    return FieldReport(name or type(model).__name__, spatial, tuple(layers), tuple(mode.reads),
-                       tuple(mode.positional))
+    return mode, records, order, calls
 
 
 def _geometry(ops) -> LayerGeometry | None:

@@ -62,6 +62,7 @@ class CropStep:
     layer: str | None
     window: tuple[tuple[int, int], ...]
     stride: tuple[int, ...]
+    axes: tuple[int, ...] | None = None  # the tensor's spatial axes after the batch axis (None: the last ones)
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,8 @@ def crop_plan(report, field: LayerField, unit: tuple[int, int], cuts: bool = Tru
         # A crop that removes little costs more (a hook, a slice and its backward) than it saves.
         if cut is not None:
             removed = math.prod(_arriving(steps[-1], strides, shape)) - math.prod(b - a for a, b in cut)
-            if earlier.output_shape[0] * removed >= MIN_CROPPED_VALUES:
-                steps.append(CropStep(earlier.name, cut, strides))
+            if earlier.channels * removed >= MIN_CROPPED_VALUES:
+                steps.append(CropStep(earlier.name, cut, strides, earlier.spatial_axes))
     if whole and len(steps) == 1:
         return None
     return CropPlan(tuple(steps), tuple(a.stride for a in axes))

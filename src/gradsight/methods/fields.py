@@ -13,7 +13,7 @@ import weakref
 from typing import Any
 
 from ..adapters import adapter_for
-from ..errors import BadInputError
+from ..errors import BadInputError, UnsupportedGeometryError
 from ..models.spec import LoadedModel
 from ..receptive.report import FieldReport
 
@@ -59,10 +59,27 @@ def receptive_field(model: Any, input_size: tuple[int, int] | None = None) -> Fi
     network = as_network(model)
     shape = input_shape_for(network, input_size)
     adapter = adapter_for(network.module)
-    key = (shape, len(adapter.layer_names(network.module)))
+    # The report is reused only for the same architecture: module names and types, their attributes (stride,
+    # padding, ...) and tensor shapes (weights do not change a geometry). Adapters without such a key fall
+    # back to the number of layers.
+    structure = getattr(adapter, "structure_key", None)
+    key = (shape, structure(network.module) if structure else len(adapter.layer_names(network.module)))
     cached = _REPORTS.get(network.module)
     if cached is not None and cached[0] == key:
+        if isinstance(cached[1], tuple):
+            raise _refusal(*cached[1])
         return cached[1]
-    report = adapter.trace_fields(network.module, shape, name=network.name)
+    try:
+        report = adapter.trace_fields(network.module, shape, name=network.name)
+    except UnsupportedGeometryError as err:  # a refusal is an answer too (with the fields it found before)
+        # the message, not the exception: its traceback would keep the model alive in this weak-keyed cache
+        _REPORTS[network.module] = (key, (str(err), getattr(err, "partial", None)))
+        raise
     _REPORTS[network.module] = (key, report)
     return report
+
+
+def _refusal(message: str, partial: FieldReport | None) -> UnsupportedGeometryError:
+    err = UnsupportedGeometryError(message)
+    err.partial = partial  # the fields of the layers that ran before the refused operation
+    return err

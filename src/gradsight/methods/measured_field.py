@@ -23,7 +23,7 @@ import numpy as np
 from ..adapters import adapter_for
 from ..errors import BadInputError
 from .fields import as_network, input_shape_for, receptive_field
-from .node_gradient import support_box
+from .node_gradient import field_of, layout, support_box
 
 MODES = ("linear", "union")
 
@@ -34,7 +34,7 @@ class FieldCheck:
 
     layer: str
     unit: tuple[int, int]
-    analytic: tuple[tuple[int, int], ...]
+    analytic: tuple[tuple[int, int], ...] | None  # None: unknown (the trace cannot follow the model there)
     measured: tuple[tuple[int, int], ...] | None
 
     @property
@@ -44,10 +44,12 @@ class FieldCheck:
     @property
     def sees_nothing(self) -> bool:
         """True for units that lie wholly in padding (e.g. the border of a padding layer's output)."""
-        return any(first > last for first, last in self.analytic)
+        return self.analytic is not None and any(first > last for first, last in self.analytic)
 
     @property
     def agree(self) -> bool:
+        if self.analytic is None:
+            return False
         return self.measured == self.analytic or (self.sees_nothing and self.measured is None)
 
 
@@ -62,7 +64,7 @@ def _inputs(shape: tuple[int, ...], samples: int, seed: int) -> np.ndarray:
 
 
 def _unit_list(field, units) -> list[tuple[int, int]]:
-    rows, cols = field.spatial_shape
+    rows, cols = field if isinstance(field, tuple) else field.spatial_shape
     named = {"centre": (rows // 2, cols // 2), "corner": (0, 0), "far-corner": (rows - 1, cols - 1)}
     out = []
     for unit in units:
@@ -92,7 +94,7 @@ def compare_fields(model: Any, input_size: tuple[int, int] | None = None, *, lay
     for field in chosen:
         for unit in _unit_list(field, units):
             analytic = field.rect(unit)
-            measured = support_box(adapter.support_map(module, field.name, unit, x, seed))
+            measured = support_box(adapter.support_map(module, field.name, unit, x, seed, **layout(field)))
             checks.append(FieldCheck(field.name, unit, analytic, measured))
     return checks
 
@@ -107,11 +109,17 @@ def measure_field(model: Any, layer: Any, unit: tuple[int, int] | str = "centre"
     adapter = adapter_for(network.module)
     shape = input_shape_for(network, input_size)
     name, _ = adapter.resolve_layer(network.module, layer)
-    field = receptive_field(network, shape[1:])[name]
-    (unit,) = _unit_list(field, [unit])
+    inputs = _inputs(shape, samples, seed)
+    _, field = field_of(network, shape[1:], name, needed=False)
+    if field is None:  # past an operation the trace refuses: measured only, the analytic field is unknown
+        spatial_axes, (rows, cols, _) = adapter.untraced_layer(network.module, name, inputs[0])
+        grid, kwargs = (rows, cols), ({} if spatial_axes is None else {"spatial_axes": spatial_axes})
+    else:
+        grid, kwargs = field, layout(field)
+    (unit,) = _unit_list(grid, [unit])
     module = adapter.linearised_copy(network.module) if mode == "linear" else network.module
-    values = adapter.support_map(module, name, unit, _inputs(shape, samples, seed), seed)
-    return values, FieldCheck(name, unit, field.rect(unit), support_box(values))
+    values = adapter.support_map(module, name, unit, inputs, seed, **kwargs)
+    return values, FieldCheck(name, unit, None if field is None else field.rect(unit), support_box(values))
 
 
 @dataclass(frozen=True, eq=False)

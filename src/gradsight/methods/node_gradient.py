@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..adapters import adapter_for, is_framework_tensor, tensor_to_array
-from ..errors import BadInputError, GradsightError
+from ..errors import BadInputError, GradsightError, UnsupportedGeometryError
 from ..receptive.report import LayerField
 from .cone import crop_plan
 from .fields import as_network, input_shape_for, receptive_field
@@ -28,13 +28,17 @@ from .fields import as_network, input_shape_for, receptive_field
 
 @dataclass(frozen=True, eq=False)
 class NodeGradients:
-    """Gradients of U units of one layer: ``gradients`` (U, H, W, C), ``units`` (U, 3) as (x, y, c)."""
+    """Gradients of U units of one layer: ``gradients`` (U, H, W, C), ``units`` (U, 3) as (x, y, c).
+
+    ``field`` is None when the layer's analytic field is unknown (crop=False past an operation the trace
+    cannot follow); ``rect`` is then None too — unknown, never a guess.
+    """
 
     gradients: np.ndarray
     units: np.ndarray
     values: np.ndarray
     layer: str
-    field: LayerField
+    field: LayerField | None
     inputs: np.ndarray
     cropped: bool
 
@@ -47,13 +51,22 @@ class NodeGradients:
         return self.gradients[0]
 
     @property
-    def rect(self) -> tuple[tuple[int, int], ...]:
-        """The first unit's analytic input rectangle ((row0, row1), (col0, col1)), inclusive, clipped."""
+    def rect(self) -> tuple[tuple[int, int], ...] | None:
+        """The first unit's analytic input rectangle ((row0, row1), (col0, col1)), inclusive, clipped; None
+        when the field is unknown."""
+        if self.field is None:
+            return None
         return self.field.rect(tuple(int(u) for u in self.units[0][:2]))
 
     def support_box(self, i: int = 0) -> tuple[tuple[int, int], ...] | None:
         """Bounding box of the non-zero gradient of unit ``i`` (None: a dead unit, all gradients zero)."""
         return support_box(np.abs(self.gradients[i]).sum(axis=-1))
+
+
+def layout(field: LayerField | None) -> dict:
+    """Keyword arguments telling an adapter which axes of a layer's output are the rows and columns, when
+    they are not the last two (channels-last outputs, which only the PyTorch trace reports)."""
+    return {} if field is None or field.spatial_axes is None else {"spatial_axes": field.spatial_axes}
 
 
 def support_box(values: np.ndarray) -> tuple[tuple[int, int], ...] | None:
@@ -100,13 +113,15 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
     network = as_network(model)
     adapter = adapter_for(network.module)
     array = _as_inputs(inputs, input_shape_for(network, None), seed)
-    report = receptive_field(network, array.shape[:2])
     name, _ = adapter.resolve_layer(network.module, layer)
-    field = report[name]
-    channels = field.output_shape[0]
+    report, field = field_of(network, array.shape[:2], name, needed=crop)
+    if field is None:  # crop=False past an operation the trace refused: the whole input, no rectangle
+        spatial_axes, (rows, cols, channels) = adapter.untraced_layer(network.module, name, array)
+        kwargs = {} if spatial_axes is None else {"spatial_axes": spatial_axes}
+    else:
+        (rows, cols), channels, kwargs = field.spatial_shape, field.channels, layout(field)
     if units is None:
         c = 0 if channel is None else int(channel)
-        rows, cols = field.spatial_shape
         units = [(x, y, c) for x in range(rows) for y in range(cols)]
     table = np.asarray(units, dtype=np.int64).reshape(-1, 3)
     size = len(table) * array.size * 4
@@ -116,7 +131,11 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
                             got=f"{len(table)} ({size / 2 ** 30:.1f} GiB of gradients)",
                             fix="pass fewer units (a list, or a smaller input) and call again per part")
     for x, y, c in table:
-        field.check_unit((int(x), int(y)))
+        if field is not None:
+            field.check_unit((int(x), int(y)))
+        elif not (0 <= x < rows and 0 <= y < cols):
+            raise BadInputError(f"unit of layer {name!r}", expected=f"a position in 0..{rows - 1} x 0..{cols - 1}",
+                                got=str((int(x), int(y))), fix=f"the layer's output is {rows} x {cols}")
         if not 0 <= c < channels:
             raise BadInputError(f"channel of layer {name!r}", expected=f"0..{channels - 1}", got=str(int(c)))
     if crop:
@@ -130,8 +149,24 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
             # A model that needs full-size maps (a fixed positional map added, say) fails on windows: run it
             # whole, as with crop=False, which raises again if the error had nothing to do with the windows.
             pass
-    grads, values = adapter.unit_gradients(network.module, name, table, array, None, batch_size, fast)
+    grads, values = adapter.unit_gradients(network.module, name, table, array, None, batch_size, fast, **kwargs)
     return NodeGradients(grads, table, values, name, field, array, False)
+
+
+def field_of(network, size: tuple[int, ...], name: str, needed: bool = True) -> tuple[Any, LayerField | None]:
+    """(report, the layer's field). When the trace refuses an operation, the layers that ran before it still
+    have their exact fields (a partial report); for a layer after it, (None, None) unless ``needed``, in
+    which case the refusal is raised."""
+    try:
+        report = receptive_field(network, size)
+    except UnsupportedGeometryError as err:
+        partial = getattr(err, "partial", None)
+        if partial is not None and name in partial.names():
+            return partial, partial[name]
+        if needed or not hasattr(adapter_for(network.module), "untraced_layer"):
+            raise
+        return None, None
+    return report, report[name]
 
 
 def _on_windows(adapter, module, name, report, field, table, array, batch_size, fast):
@@ -140,7 +175,7 @@ def _on_windows(adapter, module, name, report, field, table, array, batch_size, 
     single = len(table) == 1
     plans = [crop_plan(report, field, (int(x), int(y)), cuts=single) for x, y, _ in table]
     if single:
-        grads, values = adapter.unit_gradients(module, name, table, array, plans, batch_size, fast)
+        grads, values = adapter.unit_gradients(module, name, table, array, plans, batch_size, fast, **layout(field))
         return grads, values, plans[0] is not None
     groups: dict[tuple | None, list[int]] = {}
     for i, plan in enumerate(plans):
@@ -150,7 +185,7 @@ def _on_windows(adapter, module, name, report, field, table, array, batch_size, 
     for key, members in groups.items():
         chosen = None if key is None else [plans[i] for i in members]
         part, values[members] = adapter.unit_gradients(module, name, table[members], array, chosen, batch_size,
-                                                       fast)
+                                                       fast, **layout(field))
         grads = np.zeros((len(table), *part.shape[1:]), part.dtype) if grads is None else grads
         grads[members] = part
     return grads, values, None not in groups

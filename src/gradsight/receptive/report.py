@@ -29,10 +29,26 @@ class LayerField:
     geometry: LayerGeometry | None = None  # the layer's own kernel/stride/padding/dilation, if it has them
     seq: int = -1  # position of the operation that made this output in the traced run (-1: not recorded)
     calls: int = 1  # how many times the module ran in that run
+    # Which axes of output_shape are the rows and columns; None: the last ones, channels first. A channels-
+    # last output (nn.Linear on an N x H x W x C map, as in ConvNeXt) has output_shape (H, W, C) and (0, 1).
+    spatial_axes: tuple[int, ...] | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
+        if self.spatial_axes is not None:
+            return tuple(self.output_shape[a] for a in self.spatial_axes)
         return self.output_shape[-len(self.input_size):] if len(self.output_shape) > len(self.input_size) else ()
+
+    @property
+    def channel_axis(self) -> int:
+        """The axis of output_shape that holds the channels (the unit's c)."""
+        if self.spatial_axes is None:
+            return 0
+        return next(a for a in range(len(self.output_shape)) if a not in self.spatial_axes)
+
+    @property
+    def channels(self) -> int:
+        return self.output_shape[self.channel_axis] if self.output_shape else 1
 
     @property
     def is_global(self) -> bool:
@@ -101,6 +117,7 @@ class LayerField:
             "effective_stride": list(self.stride) if self.stride else None,
             "effective_padding": list(self.padding) if self.padding else None,
             "aligned": self.aligned, "misaligned_at": self.field.misaligned,
+            "layout": "channels-last" if self.spatial_axes is not None else "channels-first",
         }
 
 
