@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gradsight  # noqa: E402
-from gradsight.adapters.keras_models import CAFFE  # noqa: E402
+from gradsight.adapters.keras.models import CAFFE  # noqa: E402
 from gradsight.inputs import prepare_inputs  # noqa: E402
 
 
@@ -102,7 +102,7 @@ def main() -> None:
 def node_gradients_on_windows(repeats: int) -> None:
     """Keras seed CNN, L6: gradsight (each unit on its input window) against a hand-written GradientTape on
     the partial model over the whole input, for one unit and for every unit of one channel."""
-    from gradsight.adapters.keras_models import keras_seed_cnn
+    from gradsight.adapters.keras.models import keras_seed_cnn
 
     model = keras_seed_cnn()
     partial = keras.Model(model.inputs, model.get_layer("L6").output)

@@ -23,8 +23,8 @@ import torchvision
 from captum.attr import NeuronGradient
 
 import gradsight
-from gradsight.adapters.torch_fields import trace_fields
-from gradsight.adapters.torch_zoo import seed_cnn
+from gradsight.adapters.torch.trace import trace_fields
+from gradsight.adapters.torch.zoo import seed_cnn
 
 
 def _timed(fn) -> float:
@@ -64,7 +64,7 @@ def case(label: str, net, layer: str, unit, x_hwc: np.ndarray, repeats: int) -> 
 def strongest_channel(net, module, x_hwc: np.ndarray, position) -> int:
     """The channel with the largest activation at ``position``: a unit whose ReLU is on (a dead one has a zero
     gradient, which would make the comparison empty)."""
-    from gradsight.adapters.torch_units import layer_output
+    from gradsight.adapters.torch.layers import layer_output
 
     with torch.no_grad():
         z = layer_output(net, module, torch.from_numpy(x_hwc).permute(2, 0, 1)[None])
@@ -120,7 +120,7 @@ def resnet_floor(resnet, size: int, captum_ms: float, repeats: int) -> None:
     """No gradsight code: forward and backward of the stem, layer1 and layer2 alone (BatchNorm folded,
     channels-last). At 224 the centre unit of layer3 sees all of layer2's output, so any exact method runs
     at least this much; the ratio printed is the most any such method could gain over Captum."""
-    from gradsight.adapters.torch import folded_copy
+    from gradsight.adapters.torch.folding import folded_copy
 
     x = torch.rand(1, 3, size, size).contiguous(memory_format=torch.channels_last)
     net = folded_copy(resnet, x) or resnet

@@ -122,8 +122,8 @@ def change_check(repeats: int) -> None:
     """What checking for changes costs per call: the fast path's folded copy is reused only while the model's
     structure (model_signature) and every tensor value (a bitwise comparison with a snapshot) are unchanged;
     node_gradient also keys its field report on the structure. Medians over ``repeats`` x 20 calls."""
-    from gradsight.adapters.torch import structure_key
-    from gradsight.adapters.torch_zoo import seed_cnn
+    from gradsight.adapters.torch.folding import structure_key
+    from gradsight.adapters.torch.zoo import seed_cnn
 
     resnet = gradsight.LoadedModel(conditioned_resnet50(), gradsight.ModelSpec(
         "resnet50 (random weights)", "torch", gradsight.Preprocess(resize=232, crop=224)))
@@ -143,7 +143,7 @@ def _per_call(fn, repeats: int, n: int = 20) -> float:
 
 
 def _check_cost(model: gradsight.LoadedModel, repeats: int) -> None:
-    from gradsight.adapters.torch import _FOLDED, model_signature, same_values
+    from gradsight.adapters.torch.folding import _FOLDED, model_signature, same_values
 
     net = model.module
     x = inputs_for(model, 8)

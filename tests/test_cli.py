@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradsight.plotting import to_uint8
+from gradsight.rendering.saliency import to_uint8
 
 
 def gradsight_cli(*args, cwd=None):

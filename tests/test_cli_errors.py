@@ -195,19 +195,19 @@ class RecordingBar:
 
 
 def test_files_are_written_as_each_input_is_done_and_the_bar_counts_rendering(tmp_path, monkeypatch, capsys):
-    from gradsight.adapters.torch import TorchAdapter
+    from gradsight.adapters.torch.adapter import TorchAdapter
 
     paths = [photo(tmp_path / f"p{i}.png", mirrored=bool(i % 2)) for i in range(3)]
     out = tmp_path / "out"
     seen = []
-    original = TorchAdapter.class_score_gradient
+    original = TorchAdapter.score_gradient
 
     def recording(self, *args, **kwargs):
         bar = RecordingBar.instances[-1]
         seen.append((sorted(p.name for p in out.iterdir()) if out.exists() else [], bar.n))
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(TorchAdapter, "class_score_gradient", recording)
+    monkeypatch.setattr(TorchAdapter, "score_gradient", recording)
     monkeypatch.setattr(cli, "_progress", RecordingBar)
     code = cli.main(["saliency", *map(str, paths), "--batch-size", "1", "--out", str(out)])
     assert code == 0, capsys.readouterr().err

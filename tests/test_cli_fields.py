@@ -35,7 +35,7 @@ def test_rf_json_for_machines():
 def test_rf_of_a_torchvision_architecture_and_a_python_factory():
     proc = cli("rf", "resnet18", "--depth", "2")
     assert proc.returncode == 0 and any(line.startswith("layer4.1 ") for line in proc.stdout.splitlines())
-    proc = cli("rf", "gradsight.adapters.torch_zoo:seed_cnn")
+    proc = cli("rf", "gradsight.adapters.torch.zoo:seed_cnn")
     assert proc.returncode == 0 and "33x33" in proc.stdout
 
 

@@ -13,8 +13,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gradsight  # noqa: E402
-from gradsight.adapters.keras_fields import trace_fields  # noqa: E402
-from gradsight.adapters.keras_models import CAFFE, copy_seed_weights, keras_seed_cnn  # noqa: E402
+from gradsight.adapters.keras.trace import trace_fields  # noqa: E402
+from gradsight.adapters.keras.models import CAFFE, copy_seed_weights, keras_seed_cnn  # noqa: E402
 from gradsight.errors import UnsupportedGeometryError  # noqa: E402
 
 
@@ -93,7 +93,7 @@ def test_keras_applications_analytic_equals_measured_on_every_layer(name):
 
 
 def torch_and_keras_seed():
-    from gradsight.adapters.torch_zoo import seed_cnn
+    from gradsight.adapters.torch.zoo import seed_cnn
 
     torch_net = seed_cnn("same")
     keras_model = keras_seed_cnn()
@@ -199,7 +199,7 @@ def test_frameworks_stay_apart():
     import sys
 
     torch_only = ("import sys, numpy as np, gradsight\n"
-                  "from gradsight.adapters.torch_zoo import seed_cnn\n"
+                  "from gradsight.adapters.torch.zoo import seed_cnn\n"
                   "gradsight.saliency(seed_cnn(), np.zeros((1, 32, 32, 1), np.float32))\n"
                   "gradsight.receptive_field(seed_cnn())\n"
                   "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
@@ -287,7 +287,7 @@ KERAS_FAMILIES = ["vgg16", "vgg19", "resnet", "resnet_v2", "mobilenet", "mobilen
 def test_keras_application_preprocessing_equals_keras_own(family, ouzel_path):
     # Preprocessing belongs to the weights: each keras.applications family has its own preprocess_input
     # ("caffe" BGR minus means, "tf" x / 127.5 - 1, "torch" ImageNet mean/std, or none: the model rescales).
-    from gradsight.adapters.keras_models import application_preprocess
+    from gradsight.adapters.keras.models import application_preprocess
 
     ours = application_preprocess(family, (299, 299))
     image = keras.utils.load_img(ouzel_path, target_size=(299, 299))
@@ -298,7 +298,7 @@ def test_keras_application_preprocessing_equals_keras_own(family, ouzel_path):
 def test_every_keras_application_has_its_preprocessing_and_input_size(tmp_path):
     import inspect
 
-    from gradsight.adapters.keras_models import application_preprocess
+    from gradsight.adapters.keras.models import application_preprocess
 
     keys = []
     for name in dir(keras.applications):

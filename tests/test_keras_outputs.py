@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gradsight  # noqa: E402
-from gradsight.adapters.base import rows_are_probabilities  # noqa: E402
+from gradsight.adapters.common import rows_are_probabilities  # noqa: E402
 from gradsight.cli import main  # noqa: E402
 
 K = keras.layers
@@ -123,12 +123,12 @@ def test_an_rgb_photo_given_to_the_greyscale_seed_cnn_is_one_clear_error(tmp_pat
         gradsight.saliency(model, ouzel_path)
     assert "1 channel" in str(info.value) and "128" in str(info.value), info.value
     # the adapter itself refuses what the model's Input cannot take (arrays reach it unchecked by the photo path)
-    from gradsight.adapters.keras import KerasAdapter
+    from gradsight.adapters.keras.adapter import KerasAdapter
 
     for shape, got in [((1, 128, 128, 3), "3 channels at 128 x 128"), ((2, 64, 64, 1), "1 channel at 64 x 64"),
                        ((1, 128, 128), "shape (1, 128, 128)")]:
         with pytest.raises(gradsight.BadInputError) as info:
-            KerasAdapter().class_score_gradient(model.module, np.zeros(shape, np.float32), [None] * shape[0])
+            KerasAdapter().score_gradient(model.module, np.zeros(shape, np.float32), [None] * shape[0])
         message = str(info.value)
         assert message.startswith("model input: expected ") and got in message and "128" in message, message
         assert "\n" not in message

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from gradsight.adapters.keras_primitives import layer_gradient, modified_copy, predict  # noqa: E402
+from gradsight.adapters.keras.modifiers import layer_gradient, modified_copy, predict  # noqa: E402
 from gradsight.errors import BadInputError, UnknownNameError  # noqa: E402
 
 L = keras.layers
@@ -98,11 +98,11 @@ ENDINGS = [None, "dense_softmax", "activation_softmax", "lambda_softmax", "ops_s
 
 
 @pytest.mark.parametrize("ending", ENDINGS)
-def test_scores_are_read_as_class_score_gradient_reads_them(batch, ending):
-    from gradsight.adapters.keras import KerasAdapter
+def test_scores_are_read_as_score_gradient_reads_them(batch, ending):
+    from gradsight.adapters.keras.adapter import KerasAdapter
 
     model = residual_cnn(ending)
-    reference = KerasAdapter().class_score_gradient(model, batch, [None] * 5, score="prob", fast=False)
+    reference = KerasAdapter().score_gradient(model, batch, [None] * 5, score="prob", fast=False)
     np.testing.assert_allclose(predict(model, batch, batch_size=2), reference.logits, rtol=1e-5, atol=1e-6)
     ours = layer_gradient(model, "c1", batch, [None] * 5, score="prob")
     np.testing.assert_allclose(ours.logits, reference.logits, rtol=1e-5, atol=1e-6)
@@ -577,8 +577,8 @@ def test_seed_cnn_guided_and_deconvnet_equal_captum():
     import torch
     from captum.attr import Deconvolution, GuidedBackprop
 
-    from gradsight.adapters.keras_models import copy_seed_weights, keras_seed_cnn
-    from gradsight.adapters.torch_zoo import seed_cnn
+    from gradsight.adapters.keras.models import copy_seed_weights, keras_seed_cnn
+    from gradsight.adapters.torch.zoo import seed_cnn
 
     net = seed_cnn("same")
     net.head.softmax = torch.nn.Identity()  # Captum explains what the net returns: make that the logits

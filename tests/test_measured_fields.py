@@ -11,7 +11,7 @@ from torch import nn
 
 import gradsight
 from gradsight.errors import UnsupportedGeometryError
-from gradsight.methods.measured_field import FieldCheck
+from gradsight.receptive.measured import FieldCheck
 
 
 def disagreements(checks: list[FieldCheck]) -> list[FieldCheck]:

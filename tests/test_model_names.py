@@ -59,7 +59,7 @@ def test_curated_names_resolve_to_one_architecture():
     assert type(load_network("resnet50").module).__module__.startswith("torchvision")
     assert type(load_network("efficientnet_lite0").module).__module__.startswith("timm")
     assert load_network("efficientnet_lite0").module.pretrained_cfg["architecture"] == "tf_efficientnet_lite0"
-    from gradsight.adapters.torch_models import CURATED_ARCHITECTURES
+    from gradsight.adapters.torch.models import CURATED_ARCHITECTURES
     from gradsight.models.registry import CURATED
 
     assert set(CURATED_ARCHITECTURES) == set(CURATED)

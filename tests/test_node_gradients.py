@@ -10,10 +10,10 @@ from captum.attr import NeuronGradient
 from torch import nn
 
 import gradsight
-from gradsight.adapters.torch_zoo import seed_cnn
+from gradsight.adapters.torch.zoo import seed_cnn
 from gradsight.errors import UnsupportedGeometryError
 from gradsight.methods import cone
-from gradsight.methods.cone import crop_window
+from gradsight.receptive.cone import crop_window
 
 
 def captum_unit_gradient(net, layer_module, x_hwc: np.ndarray, unit) -> np.ndarray:

@@ -14,7 +14,7 @@ import gradsight
 
 
 def output_stems(sources):
-    from gradsight.outputs import output_stems as stems
+    from gradsight.rendering.files import output_stems as stems
 
     return stems(sources)
 

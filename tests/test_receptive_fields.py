@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 
 import gradsight
-from gradsight.adapters.torch_fields import trace_fields
-from gradsight.adapters.torch_zoo import seed_cnn
+from gradsight.adapters.torch.trace import trace_fields
+from gradsight.adapters.torch.zoo import seed_cnn
 from gradsight.errors import UnsupportedGeometryError
 from gradsight.receptive.algebra import AxisField, chain_field
 
@@ -198,7 +198,7 @@ def test_train_mode_batchnorm_is_traced_in_eval_mode_and_restored():
 
 def test_analytic_fields_of_resnet50_are_fast_enough_to_be_interactive(monkeypatch):
     # Not a timing test (timings live in bench/); this keeps the tracer on a single forward pass, on meta.
-    from gradsight.adapters import torch_fields
+    from gradsight.adapters.torch import trace as torch_fields
 
     calls = []
     run = torch_fields._run
@@ -214,7 +214,7 @@ import json, resource, sys, time
 limit = 3 * 2 ** 30  # bytes of heap: the real tensors of a 4096 x 4096 ResNet50 run would need about 30 GiB
 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 import torchvision
-from gradsight.adapters.torch_fields import trace_fields
+from gradsight.adapters.torch.trace import trace_fields
 net = torchvision.models.resnet50()
 start = time.perf_counter()
 report = trace_fields(net, (3, 4096, 4096))
@@ -263,7 +263,7 @@ def _reports_equal(a, b) -> None:
 def test_meta_trace_equals_the_trace_on_real_tensors(name, monkeypatch):
     import timm
 
-    from gradsight.adapters import torch_fields
+    from gradsight.adapters.torch import trace as torch_fields
 
     torch.manual_seed(0)
     if name.startswith("convnext"):

@@ -9,7 +9,7 @@ from captum.attr import Saliency
 from conftest import small_cnn
 
 import gradsight
-from gradsight.adapters.torch import TorchAdapter
+from gradsight.adapters.torch.adapter import TorchAdapter
 
 
 def captum_map(module, x_nchw: torch.Tensor, target) -> np.ndarray:
@@ -60,7 +60,7 @@ def test_fast_path_within_1e_3_of_plain_on_embedded_model(embedded, ouzel_path):
 
 
 def test_fast_path_really_folds_every_batchnorm_of_the_embedded_model(embedded):
-    from gradsight.adapters.torch import fold_batchnorm
+    from gradsight.adapters.torch.folding import fold_batchnorm
 
     bns = [m for m in embedded.module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     folded = fold_batchnorm(embedded.module.eval(), torch.zeros(1, 3, 224, 224))
@@ -93,7 +93,7 @@ def test_folding_is_refused_when_an_inplace_op_sits_between_conv_and_bn(rng):
 
     net = ConvReluBn().eval()
     net.bn.running_mean.fill_(0.3)
-    from gradsight.adapters.torch import fold_batchnorm
+    from gradsight.adapters.torch.folding import fold_batchnorm
 
     assert fold_batchnorm(net, torch.ones(1, 3, 16, 16)) is None
     x = rng.standard_normal((2, 16, 16, 3)).astype(np.float32)
@@ -134,7 +134,7 @@ def test_gradient_matches_central_finite_differences(score):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 8, 8, 3))
     target = 2
-    out = TorchAdapter().class_score_gradient(net, x, [target], score, fast=False)
+    out = TorchAdapter().score_gradient(net, x, [target], score, fast=False)
 
     def f(arr):
         with torch.no_grad():
@@ -181,7 +181,7 @@ def test_batched_call_equals_one_image_at_a_time(cnn, rng):
 
 
 def test_softmax_ended_model_still_gives_the_logit():
-    from gradsight.adapters.torch_zoo import seed_cnn
+    from gradsight.adapters.torch.zoo import seed_cnn
 
     net = seed_cnn("torch")  # its head ends in nn.Softmax
     x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)

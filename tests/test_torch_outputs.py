@@ -131,7 +131,7 @@ class _DoublesInPlace(nn.Module):
 
 
 def test_the_softmax_is_found_with_and_without_gradients_and_in_place_models_are_run_on_copies():
-    from gradsight.adapters.torch import model_scores
+    from gradsight.adapters.torch.gradients import model_scores
 
     net = _DoublesInPlace().eval()
     x = np.random.default_rng(3).standard_normal((2, 20, 20, 3)).astype(np.float32)

@@ -8,8 +8,9 @@ import torch
 import torchvision
 from torch import nn
 
-from gradsight.adapters.torch import TorchAdapter
-from gradsight.adapters.torch_primitives import layer_gradient, modified_copy, predict
+from gradsight.adapters.torch.adapter import TorchAdapter
+from gradsight.adapters.torch.gradients import layer_gradient, predict
+from gradsight.adapters.torch.modifiers import modified_copy
 from gradsight.errors import BadInputError
 
 
@@ -24,7 +25,7 @@ def one_hidden_layer(w: np.ndarray, v: np.ndarray, activation: nn.Module) -> nn.
 
 
 def input_gradient(model, x: np.ndarray, target: int) -> np.ndarray:
-    return TorchAdapter().class_score_gradient(model, x, [target], "logit", fast=False).gradient
+    return TorchAdapter().score_gradient(model, x, [target], "logit", fast=False).gradient
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ def test_in_place_and_reused_relus_equal_an_unrolled_network():
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).clone().requires_grad_(True)
     with torch.enable_grad():
         (expected,) = torch.autograd.grad(forward(xt)[:, 3].sum(), xt)
-    got = TorchAdapter().class_score_gradient(unrolled, x, [3, 3], "logit", fast=False).gradient
+    got = TorchAdapter().score_gradient(unrolled, x, [3, 3], "logit", fast=False).gradient
     np.testing.assert_allclose(got, expected.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-6)
     assert all(type(m) is not nn.ReLU for m in unrolled.modules())
     assert sum(type(m) is nn.ReLU for m in net.modules()) > 0  # the user's model keeps its ReLUs

@@ -82,7 +82,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras
 import tensorflow as tf
 
-from gradsight.adapters.keras_models import CAFFE
+from gradsight.adapters.keras.models import CAFFE
 
 keras.utils.set_random_seed(0)
 resnet = keras.applications.ResNet50(weights=None)        # ends in a softmax: gradsight uses its logits
@@ -111,7 +111,7 @@ Glorot-uniform weights, seeded). The input is uniform random in [0, 1), as in th
     ("code", """import numpy as np
 
 import gradsight
-from gradsight.plotting_fields import field_grid_figure, strongest_units
+from gradsight.rendering.fields import field_grid_figure, strongest_units
 
 g = gradsight.node_gradient("seed-cnn", "L6", (0, 0, 0))     # TF/Keras padding='same'
 print("z =", g.values[0], "  gradient shape", g.gradient.shape)
@@ -145,8 +145,8 @@ field_grid_figure(units, title="seed-cnn (TF 'same'): centre units of L1..L6")""
 PyTorch model's weights, it gives the same gradients: the two frameworks agree to float32 precision."""),
     ("code", """import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-from gradsight.adapters.keras_models import copy_seed_weights, keras_seed_cnn
-from gradsight.adapters.torch_zoo import seed_cnn
+from gradsight.adapters.keras.models import copy_seed_weights, keras_seed_cnn
+from gradsight.adapters.torch.zoo import seed_cnn
 
 torch_net, keras_net = seed_cnn("same"), keras_seed_cnn()
 copy_seed_weights(torch_net, keras_net)
@@ -282,7 +282,7 @@ from gradsight.adapters.keras.models import copy_seed_weights, keras_seed_cnn
 
 torch_net, keras_model = gradsight.seed_cnn("same"), keras_seed_cnn()
 copy_seed_weights(torch_net, keras_model)
-x = np.random.default_rng(0).normal(size=(1, 64, 64, 1)).astype(np.float32)
+x = np.random.default_rng(0).normal(size=(1, 128, 128, 1)).astype(np.float32)
 for method in ("gradient", "integrated_gradients", "grad_cam"):
     a = gradsight.attribute(torch_net, x, method=method).maps
     b = gradsight.attribute(keras_model, x, method=method).maps

@@ -32,7 +32,7 @@ def _target(text: str):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .models.registry import CURATED, DEFAULT_MODEL
+    from .models.names import CURATED, DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(prog="gradsight", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"gradsight {__version__}")
@@ -98,8 +98,8 @@ def _fmt(values) -> str:
 def _run_rf(args) -> int:
     import json
 
-    from .methods.fields import as_network, input_shape_for, receptive_field
-    from .methods.measured_field import compare_fields
+    from .receptive.analytic import as_network, input_shape_for, receptive_field
+    from .receptive.measured import compare_fields
 
     if args.depth < 1:
         raise BadInputError("--depth", expected="a depth of at least 1 (1: the model's direct children)",
@@ -173,11 +173,11 @@ def _check_output_file(path: Path) -> None:
 def _run_node(args) -> int:
     import io
 
-    from .adapters import adapter_for
-    from .methods.fields import as_network, input_shape_for
-    from .methods.node_gradient import default_inputs, node_gradient
-    from .outputs import write_atomic
-    from .plotting_fields import node_gradient_figure
+    from .adapters.discovery import adapter_for
+    from .receptive.analytic import as_network, input_shape_for
+    from .receptive.node_gradient import default_inputs, node_gradient
+    from .rendering.fields import node_gradient_figure
+    from .rendering.files import write_atomic
 
     if args.seed < 0:
         raise BadInputError("--seed", expected="a whole number >= 0", got=str(args.seed), fix="use e.g. --seed 0")
@@ -223,7 +223,7 @@ def _run_saliency(args) -> int:
     from .images import Photo, example_image_path
     from .methods.saliency import saliency_batches
     from .models.registry import load_model
-    from .outputs import make_output_folder, output_stems, write_saliency
+    from .rendering.files import make_output_folder, output_stems, write_saliency
 
     if args.batch_size < 1:
         raise BadInputError("--batch-size", expected="a whole number >= 1", got=str(args.batch_size))

@@ -1,7 +1,7 @@
 """Turning what users pass (paths, photos, arrays, tensors) into one float32 NHWC batch.
 
 Example:
-    >>> from gradsight.models import imagenet_preprocess
+    >>> from gradsight.models.spec import imagenet_preprocess
     >>> batch = prepare_inputs(None, imagenet_preprocess())   # None: the bundled ouzel.png
     >>> batch.arrays.shape, batch.sources[0].endswith("ouzel.png"), batch.kinds
     ((1, 224, 224, 3), True, ('photo',))
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .adapters import is_framework_tensor, tensor_to_array
+from .adapters.discovery import is_framework_tensor, tensor_to_array
 from .errors import BadInputError
 from .images import Photo, display_copy, example_image_path, load_image, photo_from_image
 from .preprocess import Geometry, Preprocess

@@ -1,7 +1,7 @@
 """The one contract every framework adapter implements; methods reach a framework only through it.
 
 Example:
-    >>> from gradsight.adapters import adapter_for              # doctest: +SKIP
+    >>> from gradsight.adapters.discovery import adapter_for             # doctest: +SKIP
     >>> adapter = adapter_for(model)                             # a TorchAdapter or a KerasAdapter  # doctest: +SKIP
     >>> isinstance(adapter, ModelAdapter)                        # doctest: +SKIP
     True
@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..receptive.report import FieldReport
-from .base import LayerGradient, ScoreGradient
+from .common import LayerGradient, ScoreGradient
 
 
 @runtime_checkable

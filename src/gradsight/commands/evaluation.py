@@ -46,7 +46,7 @@ def _common(parser: argparse.ArgumentParser, default_model: str) -> None:
 
 def _write(out: Path, files: dict[str, bytes]) -> list[Path]:
     from ..errors import BadInputError
-    from ..outputs import write_atomic
+    from ..rendering.files import write_atomic
 
     try:
         out.mkdir(parents=True, exist_ok=True)

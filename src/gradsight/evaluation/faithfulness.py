@@ -2,34 +2,44 @@
 
 Example:
     >>> import gradsight                                                                            # doctest: +SKIP
-    >>> f = gradsight.faithfulness("efficientnet_lite0", method="gradient", metric="deletion")
+    >>> f = gradsight.faithfulness("efficientnet_lite0", method="gradient", metric="deletion")  # doctest: +SKIP
     >>> f.auc[0], f.random_auc[0]          # lower than the random order is better for deletion  # doctest: +SKIP
 
 Pixels (all channels of a pixel together) are taken in the order of the map, largest first. Deletion starts
 from the image and fills them with a baseline (zeros in model-input space by default); insertion starts from a
-blurred copy (Gaussian of sigma 5 px, cut at radius 5: RISE's 11 x 11 kernel) and puts them back. After each of
-``steps`` equal steps the score is the target class probability (``score="logit"`` for the logit). Curves have
-``steps + 1`` points over the fraction of pixels 0..1; the area under them (trapezoid over that fraction) lies
-in [0, 1] for probabilities. A random order (seeded) is computed alongside as the floor to beat. The default
-``steps=224`` takes 225 forward passes per curve (450 with the random curve) on a 224 x 224 image.
+blurred copy (or from the baseline, when one is given) and puts them back. The blur is RISE's own
+(``eclique/RISE`` evaluation.py): an 11 x 11 kernel made by ``scipy.ndimage.gaussian_filter`` of sigma 5 on a
+centred delta (so its tails are folded back in, not cut), applied per channel with zero padding in model-input
+space. After each of ``steps`` equal steps the score is the target class probability (``score="logit"`` for the
+logit). Curves have ``steps + 1`` points over the fraction of pixels 0..1; the area under them (trapezoid over
+that fraction) lies in [0, 1] for probabilities. A random order (seeded; one permutation per call, the same for
+every image, so a curve does not depend on which other images are in the batch) is computed alongside as the
+floor to beat. The default ``steps=224`` takes 225 forward passes per curve (450 with the random curve) on a
+224 x 224 image: RISE's 224 pixels per step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from ..adapters import adapter_for
+from ..adapters.discovery import adapter_for
 from ..errors import BadInputError
 from ..inputs import prepare_inputs
 from ..methods.attribute import attribute
-from ..methods.job import select_scores
+from ..methods.baselines import baseline_inputs
+from ..methods.job import SCORES, positive_int, select_scores
+from ..methods.registry import get_method
+from ..methods.registry import method_options as checked_options
 from ..methods.saliency import as_loaded_model
 
 METRICS = ("deletion", "insertion")
-RISE_SIGMA, RISE_RADIUS = 5.0, 5  # RISE's insertion blur: an 11 x 11 Gaussian kernel of sigma 5
+RISE_SIGMA, RISE_SIZE = 5.0, 11  # RISE's insertion blur: gkern(klen=11, nsig=5), zero padding klen // 2
+RISE_START = "RISE blur: gkern(11, 5) (gaussian_filter of a delta, sigma 5), zero padding 5, model-input space"
+RANDOM_ORDER = "one seeded permutation of the pixels, the same for every image and method"
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,63 +85,108 @@ def curve(adapter, model, start: np.ndarray, end: np.ndarray, order: np.ndarray,
           target: int, score: str, batch_size: int) -> np.ndarray:
     """Scores as the pixels ``order[:count]`` go from ``start`` to ``end`` (H, W, C), for every count."""
     rows, cols = start.shape[:2]
-    flat_rows, flat_cols = np.unravel_index(order, (rows, cols))
+    rank = np.empty(rows * cols, np.int64)
+    rank[order] = np.arange(rows * cols)  # a pixel has changed once the count passes its rank
     values = np.zeros(len(counts))
     for begin in range(0, len(counts), batch_size):
         chunk = counts[begin:begin + batch_size]
-        batch = np.repeat(start[None], len(chunk), axis=0)
-        for k, count in enumerate(chunk):
-            batch[k, flat_rows[:count], flat_cols[:count]] = end[flat_rows[:count], flat_cols[:count]]
+        changed = (rank[None] < chunk[:, None]).reshape(len(chunk), rows, cols, 1)
+        batch = np.where(changed, end[None], start[None]).astype(np.float32, copy=False)
         logits = adapter.predict(model, batch, batch_size)
         values[begin:begin + len(chunk)] = select_scores(logits, np.full(len(chunk), target), score)
     return values
 
 
 def faithfulness(model: Any, images: Any = None, *, method: str = "gradient", metric: str = "deletion",
-                 steps: int = 224, baseline: float = 0.0, score: str = "prob", target: Any = None, seed: int = 0,
-                 batch_size: int = 32, preprocess=None, **method_options) -> FaithfulnessResult:
+                 steps: int = 224, baseline: Any = None, score: str = "prob", target: Any = None, seed: int = 0,
+                 batch_size: int = 32, preprocess=None, method_options: dict | None = None,
+                 **options) -> FaithfulnessResult:
     """The ``metric`` curve of ``method``'s maps on ``images`` (default: the bundled photo), and a random one.
 
-    ``baseline``: the fill value of deletion in model-input space. ``batch_size``: forward passes per batch
-    (memory bound). ``method_options`` go to the method (e.g. ``n_steps`` of integrated_gradients).
+    ``baseline``: where pixels go (deletion) or come from (insertion), in model-input space; None is the
+    papers' (zeros for deletion, RISE's blur for insertion); else a number, "zeros", "black", "blur" or an
+    array (H, W, C) or (N, H, W, C), as Integrated Gradients' ``baseline``, so that the two can be the same.
+    ``batch_size``: forward passes per batch (memory bound). ``method_options``: the method's options, e.g.
+    ``{"baseline": ...}`` for integrated_gradients (a name this function also has); other keywords go to the
+    method as well (e.g. ``n_steps=64``).
     """
     if metric not in METRICS:
         raise BadInputError("metric", expected=f"one of {', '.join(METRICS)}", got=repr(metric))
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise BadInputError("steps", expected="a whole number >= 1", got=repr(steps))
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise BadInputError("batch_size", expected="a whole number >= 1", got=repr(batch_size))
+    steps = positive_int("steps", steps)
+    positive_int("batch_size", batch_size)
+    if score not in SCORES:
+        raise BadInputError("score", expected=f"one of {', '.join(SCORES)}", got=repr(score))
+    given = dict(method_options or {})
+    twice = sorted(set(given) & set(options))
+    if twice:
+        raise BadInputError(f"method option {twice[0]!r}", expected="each option given once",
+                            got="both as a keyword and in method_options", fix="give it in method_options only")
+    given.update(options)
+    checked_options(get_method(method), given)  # unknown methods and options are refused before any work
     loaded = as_loaded_model(model, preprocess)
     adapter = adapter_for(loaded.module)
-    explained = attribute(loaded, images, method=method, target=target, **method_options)
     inputs = prepare_inputs(images, loaded.preprocess).arrays
-    targets = explained.targets
     n, rows, cols, _ = inputs.shape
     if steps > rows * cols:
         raise BadInputError("steps", expected=f"at most the number of pixels ({rows * cols})", got=str(steps))
+    fill, described = _fill(baseline, metric, inputs, loaded.preprocess)
+    explained = attribute(loaded, images, method=method, target=target, **given)
+    targets = explained.targets
     counts = step_sizes(rows * cols, steps)
-    rng = np.random.default_rng(seed)
+    random_order = np.random.default_rng(seed).permutation(rows * cols)
     curves, random_curves = np.zeros((n, steps + 1)), np.zeros((n, steps + 1))
     for i in range(n):
-        if metric == "deletion":
-            start, end = inputs[i], np.full_like(inputs[i], baseline)
-        else:
-            start, end = _rise_blur(inputs[i]), inputs[i]
+        start, end = (inputs[i], fill[i]) if metric == "deletion" else (fill[i], inputs[i])
         # Largest first; ties keep raster order (a stable sort), so the ranking is reproducible.
         order = np.argsort(-explained.maps[i].ravel(), kind="stable")
         curves[i] = curve(adapter, loaded.module, start, end, order, counts, int(targets[i]), score, batch_size)
-        random_curves[i] = curve(adapter, loaded.module, start, end, rng.permutation(rows * cols), counts,
-                                 int(targets[i]), score, batch_size)
+        random_curves[i] = curve(adapter, loaded.module, start, end, random_order, counts, int(targets[i]), score,
+                                 batch_size)
     fractions = counts / (rows * cols)
-    options = {"steps": steps, "baseline": baseline if metric == "deletion" else
-               f"Gaussian blur sigma {RISE_SIGMA:g} px, radius {RISE_RADIUS}", "seed": seed,
-               "method_options": dict(explained.options)}
+    recorded = {"steps": steps, "pixels": rows * cols, "baseline": described, "seed": seed,
+                "random_order": RANDOM_ORDER, "method_options": dict(explained.options)}
     return FaithfulnessResult(metric, explained.method, fractions, curves, area(fractions, curves), random_curves,
-                              area(fractions, random_curves), targets, score, loaded.name, options)
+                              area(fractions, random_curves), targets, score, loaded.name, recorded)
+
+
+def _fill(baseline: Any, metric: str, inputs: np.ndarray, preprocess) -> tuple[np.ndarray, str]:
+    """(N, H, W, C) model input the pixels go to (deletion) or come from (insertion), and what it is."""
+    if baseline is None:
+        if metric == "insertion":
+            return np.stack([_rise_blur(x) for x in inputs]), RISE_START
+        baseline = 0.0
+    if isinstance(baseline, bool):
+        raise BadInputError("baseline", expected="a number, 'zeros', 'black', 'blur' or an array", got=repr(baseline))
+    if isinstance(baseline, (int, float, np.integer, np.floating)):
+        if not np.isfinite(baseline):
+            raise BadInputError("baseline", expected="a finite number", got=repr(baseline))
+        return np.full_like(inputs, float(baseline)), f"constant {float(baseline):g} (model-input space)"
+    try:
+        return baseline_inputs(SimpleNamespace(inputs=inputs, preprocess=preprocess), baseline)
+    except BadInputError as err:  # the same rules as Integrated Gradients' baseline, named as this one
+        raise BadInputError("baseline" if err.what.startswith("baseline") else err.what, expected=err.expected,
+                            got=err.got, fix=err.fix) from None
+
+
+def rise_kernel() -> np.ndarray:
+    """RISE's ``gkern(11, 5)``: a centred delta in an 11 x 11 array smoothed by ``gaussian_filter(sigma=5)``.
+
+    scipy's default truncation (4 sigma) and reflecting edges fold the Gaussian's tails back into the 11 x 11
+    square: a flatter kernel than a Gaussian cut at radius 5. Its weights sum to 1.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    delta = np.zeros((RISE_SIZE, RISE_SIZE))
+    delta[RISE_SIZE // 2, RISE_SIZE // 2] = 1.0
+    return gaussian_filter(delta, RISE_SIGMA)
 
 
 def _rise_blur(image: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
+    """RISE's insertion start of one (H, W, C) input: each channel convolved with ``rise_kernel()``, zeros
+    outside the image (``conv2d(x, kern, padding=5)`` in RISE's evaluation code)."""
+    from scipy.ndimage import correlate
 
-    return gaussian_filter(image, sigma=(RISE_SIGMA, RISE_SIGMA, 0), truncate=RISE_RADIUS / RISE_SIGMA,
-                           mode="reflect").astype(np.float32)
+    kernel = rise_kernel()
+    planes = [correlate(image[..., c].astype(np.float64), kernel, mode="constant", cval=0.0)
+              for c in range(image.shape[-1])]
+    return np.stack(planes, axis=-1).astype(np.float32)

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import BadInputError
+
 MEASURES = ("spearman", "spearman_abs", "ssim", "hog")
+MIN_SIDE = 7
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -56,8 +59,17 @@ def hog_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return pearson(*features)
 
 
+def check_shapes(*shapes: tuple[int, ...]) -> None:
+    """Refuse maps the four similarities cannot compare: of different shapes, or smaller than 7 x 7."""
+    if len(set(shapes)) > 1 or any(len(shape) != 2 or min(shape) < MIN_SIDE for shape in shapes):
+        raise BadInputError("maps to compare", expected=f"maps of one shape, at least {MIN_SIDE} x {MIN_SIDE} "
+                            "pixels (SSIM's 7 x 7 window, HOG's cells)",
+                            got=f"shapes {', '.join(str(tuple(s)) for s in shapes)}", fix="use larger model inputs")
+
+
 def similarities(original: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    """The paper's four similarities of two (H, W) maps."""
+    """The paper's four similarities of two (H, W) maps (at least 7 x 7: SSIM's window)."""
+    check_shapes(original.shape, other.shape)
     return {
         "spearman": spearman(original, other),
         "spearman_abs": spearman(np.abs(original), np.abs(other)),

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..adapters import adapter_for
+from ..adapters.discovery import adapter_for
 from ..errors import BadInputError
 from ..inputs import prepare_inputs
 from ..preprocess import Preprocess
 from ..results import AttributionResult
-from .job import SCORES, AttributionJob
+from .job import SCORES, AttributionJob, target_list
 from .registry import get_method, method_options
-from .saliency import _targets, as_loaded_model
+from .saliency import as_loaded_model
 
 
 def _chunk_options(options: dict, start: int, stop: int, count: int) -> dict:
@@ -61,7 +61,7 @@ def attribute(model: Any, images: Any = None, *, method: str = "gradient", targe
                             got=f"a {adapter.name} model", fix="see `gradsight methods` for what runs where")
     batch = prepare_inputs(images, loaded.preprocess, input_kind)
     count = len(batch.arrays)
-    targets = _targets(target, count)
+    targets = target_list(target, count)
     if loaded.class_names is not None:
         for t in targets:
             if t is not None and not 0 <= t < len(loaded.class_names):

@@ -35,7 +35,7 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def last_spatial_layer(job: AttributionJob) -> str:
     """The last layer (in execution order) whose output is still a spatial map with more than one unit."""
-    from .fields import receptive_field
+    from ..receptive.analytic import receptive_field
 
     shape = job.inputs.shape
     report = receptive_field(job.model, (shape[1], shape[2]))
@@ -65,6 +65,10 @@ def layer_of(job: AttributionJob, layer) -> str:
 def _cam(job: AttributionJob, layer, weigh) -> MethodMaps:
     name = layer_of(job, layer)
     out = job.adapter.layer_gradient(job.model, name, job.inputs, job.targets, job.score)
+    if out.activations.shape[1:3] == (1, 1):  # a pooled layer: its "map" would be one constant value
+        raise BadInputError(f"CAM layer {name!r}", expected="a spatial feature map with more than one position",
+                            got=f"a map of 1 x 1 positions ({out.activations.shape[-1]} channels)",
+                            fix="pick a layer before the global pooling, or leave layer= unset")
     a = out.activations.astype(np.float64)
     g = out.gradient.astype(np.float64)
     layer_maps = np.maximum(weigh(a, g), 0.0).astype(np.float32)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from .baselines import baseline_inputs
-from .job import AttributionJob, select_scores
+from .job import AttributionJob, add_rows, positive_int, select_scores
 from .registry import MethodMaps, register_method
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "trapezoid")
@@ -62,7 +62,7 @@ def integrate_gradients(job: AttributionJob, base: np.ndarray, alphas: np.ndarra
         a = alphas[step].astype(np.float32)[:, None, None, None]
         x = base[image] + a * (job.inputs[image] - base[image])
         out = job.adapter.score_gradient(job.model, x, [int(t) for t in targets[image]], job.score, job.fast)
-        np.add.at(total, image, weights[step][:, None, None, None] * out.gradient)
+        add_rows(total, image, out.gradient, weights[step])
     return total
 
 
@@ -71,8 +71,7 @@ def integrate_gradients(job: AttributionJob, base: np.ndarray, alphas: np.ndarra
 def integrated_gradients(job: AttributionJob, *, n_steps: int = 50, rule: str = "gausslegendre",
                          baseline="zeros", blur_sigma: float = 5.0, internal_batch_size: int = 32) -> MethodMaps:
     """(x - b) times the path integral of the gradient from the baseline b to x; map = sum over channels."""
-    if not isinstance(internal_batch_size, int) or internal_batch_size < 1:
-        raise BadInputError("internal_batch_size", expected="a whole number >= 1", got=repr(internal_batch_size))
+    internal_batch_size = positive_int("internal_batch_size", internal_batch_size)
     alphas, weights = quadrature(rule, n_steps)
     base, described = baseline_inputs(job, baseline, blur_sigma)
     integral = integrate_gradients(job, base, alphas, weights, internal_batch_size)

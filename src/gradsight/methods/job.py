@@ -11,15 +11,37 @@ the photo's preprocessing (a black photo as a baseline) comes through ``preproce
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from ..adapters.base import resolve_targets
+from ..adapters.common import resolve_targets
 from ..errors import BadInputError
 
 SCORES = ("logit", "prob", "logprob")
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int, refused unless it is a whole number >= 1 (NumPy integers too, booleans not)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise BadInputError(name, expected="a whole number >= 1", got=repr(value))
+    return int(value)
+
+
+def add_rows(total: np.ndarray, rows: np.ndarray, values: np.ndarray, weights: np.ndarray | None = None) -> None:
+    """total[rows[k]] += weights[k] * values[k] for every k, summed in float64.
+
+    One vectorised sum per distinct row: np.add.at does the same about 50 times slower (0.2 s for 32 maps
+    of 224 x 224 x 3, a sixth of a SmoothGrad batch on the embedded model).
+    """
+    for i in np.unique(rows):
+        pick = np.flatnonzero(rows == i)
+        if weights is None:
+            total[i] += values[pick].sum(axis=0, dtype=np.float64)
+        else:
+            total[i] += np.tensordot(np.asarray(weights, np.float64)[pick], values[pick], axes=1)
 
 
 def select_scores(logits: np.ndarray, targets: np.ndarray, score: str) -> np.ndarray:
@@ -33,6 +55,18 @@ def select_scores(logits: np.ndarray, targets: np.ndarray, score: str) -> np.nda
     elif score != "logit":
         raise BadInputError("score", expected=f"one of {', '.join(SCORES)}", got=repr(score))
     return z[np.arange(len(z)), np.asarray(targets, dtype=np.int64)]
+
+
+def target_list(target, count: int) -> list[int | None]:
+    """One target per input from what the user gave: None/"auto" (the predicted class), an index, or a list."""
+    if target is None or (isinstance(target, str) and target == "auto"):
+        return [None] * count
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return [int(target)] * count
+    if isinstance(target, Sequence) and not isinstance(target, str) and len(target) == count:
+        return [None if t in (None, "auto") else int(t) for t in target]
+    raise BadInputError("target", expected=f"'auto', a class index, or a list of {count} of them",
+                        got=repr(target))
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,30 +7,35 @@ Example:
     (1, 224, 224)
 
 Windows of ``window`` x ``window`` pixels (all channels) start every ``stride`` pixels from the top-left
-corner while they fit; each is filled with ``fill`` (model-input space) and the score drop
-score(x) - score(x with the window filled) is added to every pixel of the window. A pixel's value is the
-mean over the windows that cover it (0 where none does, as in Captum when the windows do not tile the input).
-Occluded copies go through the model ``internal_batch_size`` at a time (forward passes only).
+corner while they fit, plus one flush with the bottom/right border when the strides do not reach it, so every
+pixel is covered by full windows (Captum instead cuts its last window at the border). Each window is filled with
+``fill`` (model-input space) and the score drop score(x) - score(x with the window filled) is added to every
+pixel of the window; a pixel's value is the mean over the windows that cover it. Occluded copies go through
+the model ``internal_batch_size`` at a time (forward passes only).
 """
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ..errors import BadInputError
-from .job import AttributionJob, select_scores
+from .job import AttributionJob, positive_int, select_scores
 from .registry import MethodMaps, register_method
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Start positions 0, stride, 2 stride, ... of windows that fit in ``size`` pixels."""
-    return list(range(0, size - window + 1, stride))
+    """Start positions 0, stride, 2 stride, ... of windows that fit in ``size`` pixels, and size - window.
 
-
-def positive_int(name: str, value) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise BadInputError(name, expected="a whole number >= 1", got=repr(value))
-    return int(value)
+    Example:
+        >>> window_starts(10, 4, 4)          # without 6, pixels 8 and 9 would be in no window
+        [0, 4, 6]
+    """
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
 
 
 @register_method("occlusion", kind="perturbation", display="cam",
@@ -40,6 +45,8 @@ def occlusion(job: AttributionJob, *, window: int = 32, stride: int = 16, fill: 
     """Mean drop of the class score over the filled windows that cover each pixel."""
     window, stride = positive_int("window", window), positive_int("stride", stride)
     internal_batch_size = positive_int("internal_batch_size", internal_batch_size)
+    if isinstance(fill, bool) or not isinstance(fill, numbers.Real) or not np.isfinite(fill):
+        raise BadInputError("fill", expected="a finite number (the value in model-input space)", got=repr(fill))
     n, rows, cols, _ = job.inputs.shape
     if window > min(rows, cols):
         raise BadInputError("window", expected=f"at most the input's size ({rows} x {cols})", got=str(window))

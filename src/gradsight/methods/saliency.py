@@ -9,19 +9,20 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..adapters import adapter_for
+from ..adapters.discovery import adapter_for
 from ..errors import BadInputError
 from ..inputs import Batch, prepare_inputs
 from ..models.spec import LoadedModel, ModelSpec, imagenet_preprocess
 from ..preprocess import Preprocess
 from ..results import SaliencyResult
+from .job import target_list
 
 SCORES = ("logit", "prob", "logprob")
 
@@ -40,17 +41,6 @@ def as_loaded_model(model: Any, preprocess: Preprocess | None = None) -> LoadedM
     adapter = adapter_for(model)  # raises a clear error for unsupported objects
     spec = ModelSpec(type(model).__name__, adapter.name, preprocess or imagenet_preprocess())
     return LoadedModel(model, spec)
-
-
-def _targets(target, count: int) -> list[int | None]:
-    if target is None or (isinstance(target, str) and target == "auto"):
-        return [None] * count
-    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-        return [int(target)] * count
-    if isinstance(target, Sequence) and not isinstance(target, str) and len(target) == count:
-        return [None if t in (None, "auto") else int(t) for t in target]
-    raise BadInputError("target", expected=f"'auto', a class index, or a list of {count} of them",
-                        got=repr(target))
 
 
 def _check_channels(loaded: LoadedModel, batch) -> None:
@@ -82,7 +72,7 @@ def _plan(model, images, target, score, batch_size, preprocess, input_kind) -> _
     loaded = as_loaded_model(model, preprocess)
     batch = prepare_inputs(images, loaded.preprocess, input_kind)
     _check_channels(loaded, batch)
-    targets = _targets(target, len(batch.arrays))
+    targets = target_list(target, len(batch.arrays))
     if loaded.class_names is not None:
         for t in targets:
             if t is not None and not 0 <= t < len(loaded.class_names):
@@ -96,7 +86,7 @@ def _results(plan: _Plan, score: str, fast: bool, batch_size: int) -> Iterator[S
     batch = plan.batch
     for start in range(0, len(batch.arrays), batch_size):
         part = slice(start, start + batch_size)
-        out = adapter.class_score_gradient(plan.loaded.module, batch.arrays[part], plan.targets[part], score, fast)
+        out = adapter.score_gradient(plan.loaded.module, batch.arrays[part], plan.targets[part], score, fast)
         yield SaliencyResult(
             saliency=np.abs(out.gradient).max(axis=-1),
             gradient=out.gradient,

@@ -1,6 +1,5 @@
-"""Models as users have them: named models with their preprocessing and class names, or any module."""
+"""Models as users have them: named models with their preprocessing and class names, or any module.
 
-from .registry import available_models, load_model
-from .spec import LoadedModel, ModelSpec, imagenet_preprocess
-
-__all__ = ["LoadedModel", "ModelSpec", "available_models", "imagenet_preprocess", "load_model"]
+``registry.load_model`` resolves names, ``spec`` holds what a model needs besides its weights (preprocessing,
+class names), ``names`` the names gradsight knows by itself, ``imagenet`` the ImageNet class names.
+"""

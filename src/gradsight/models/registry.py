@@ -23,18 +23,10 @@ import sys
 from pathlib import Path
 
 from ..errors import BadInputError, UnknownNameError
+from .names import CURATED, DEFAULT_MODEL, SEED_NETWORKS  # noqa: F401  (the names this module resolves)
 from .spec import LoadedModel
 
-#: Named models with bundled specs; more come from torchvision and timm by name.
-CURATED = ("efficientnet_lite0", "resnet50")
-SEED_NETWORKS = ("seed-cnn", "seed-cnn-torch")
-DEFAULT_MODEL = "efficientnet_lite0"
 _LIBRARY_PREFIXES = ("torchvision", "tv", "timm", "keras")
-
-
-def available_models() -> tuple[str, ...]:
-    """The curated names; ``torchvision:NAME`` and ``timm:NAME`` reach the rest."""
-    return CURATED
 
 
 def is_factory_path(name: str) -> bool:
@@ -47,12 +39,12 @@ def load_model(name: str = DEFAULT_MODEL, *, weights: str | Path | None = None,
                download: bool = False) -> LoadedModel:
     """Build the named model in eval mode with its weights, preprocessing and class names."""
     if name.startswith("keras:"):
-        from ..adapters.keras_models import load_keras_model
+        from ..adapters.keras.models import load_keras_model
 
         return load_keras_model(name, weights=weights, download=download)
     if is_factory_path(name):
         return _factory_model(name, weights)
-    from ..adapters.torch_models import load_torch_model
+    from ..adapters.torch.models import load_torch_model
 
     return load_torch_model(name, weights=weights, download=download)
 
@@ -60,12 +52,12 @@ def load_model(name: str = DEFAULT_MODEL, *, weights: str | Path | None = None,
 def load_network(name: str) -> LoadedModel:
     """A network for receptive fields and node gradients: weights are not needed (random ones are used)."""
     if name.startswith("keras:"):
-        from ..adapters.keras_models import load_keras_model
+        from ..adapters.keras.models import load_keras_model
 
         return load_keras_model(name, architecture_only=True)
     if is_factory_path(name):
         return network_from_factory(name)
-    from ..adapters.torch_models import build_torch_network
+    from ..adapters.torch.models import build_torch_network
 
     return build_torch_network(name)
 
@@ -82,9 +74,9 @@ def network_from_factory(path: str) -> LoadedModel:
     """
     net, framework = _call_factory(path)
     if framework == "torch":
-        from ..adapters.torch_models import factory_spec
+        from ..adapters.torch.models import factory_spec
     else:
-        from ..adapters.keras_models import factory_spec
+        from ..adapters.keras.models import factory_spec
     return LoadedModel(net, factory_spec(net, path))
 
 
@@ -96,9 +88,9 @@ def _factory_model(path: str, weights: str | Path | None) -> LoadedModel:
     source = network.spec.weights
     if weights is not None:
         if network.spec.framework == "torch":
-            from ..adapters.torch_models import load_weights_into
+            from ..adapters.torch.models import load_weights_into
         else:
-            from ..adapters.keras_models import load_weights_into
+            from ..adapters.keras.models import load_weights_into
         load_weights_into(network.module, weights)
         source = f"file: {weights}"
     # As for a module passed directly: ImageNet preprocessing (RGB models) unless the user gives another.

@@ -187,7 +187,7 @@ def save_attributions(results: list[AttributionResult], out_dir, percentile: flo
     from pathlib import Path
 
     from ..errors import BadInputError
-    from ..outputs import write_atomic
+    from .files import write_atomic
 
     out = Path(out_dir)
     first = results[0]

@@ -12,10 +12,10 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from ..adapters import adapter_for
+from ..adapters.discovery import adapter_for
 from ..errors import BadInputError, UnsupportedGeometryError
 from ..models.spec import LoadedModel
-from ..receptive.report import FieldReport
+from .report import FieldReport
 
 _REPORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -30,7 +30,7 @@ def as_network(model: Any) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
     from ..models.spec import ModelSpec
-    from .saliency import as_loaded_model
+    from ..methods.saliency import as_loaded_model
 
     loaded = as_loaded_model(model)
     shape = adapter_for(model).default_input_shape(model)

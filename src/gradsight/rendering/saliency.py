@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .results import SaliencyResult
+from ..results import SaliencyResult
 
 DEFAULT_PERCENTILE = 99.0
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters import adapter_for
+from ..adapters.discovery import adapter_for
 from ..errors import BadInputError
-from .fields import as_network, input_shape_for, receptive_field
+from .analytic import as_network, input_shape_for, receptive_field
 from .node_gradient import field_of, layout, support_box
 
 MODES = ("linear", "union")
@@ -88,7 +88,7 @@ def compare_fields(model: Any, input_size: tuple[int, int] | None = None, *, lay
     # Padding layers are left out: their border units are constants that depend on no pixel at all.
     chosen = [f for f in chosen if len(f.spatial_shape) == 2 and not f.is_global and not _pads_only(f)]
     adapter = adapter_for(network.module)
-    module = adapter.linearised_copy(network.module) if mode == "linear" else network.module
+    module = adapter.modified_copy(network.module, "linearised") if mode == "linear" else network.module
     x = _inputs(shape, samples, seed)
     checks = []
     for field in chosen:
@@ -117,7 +117,7 @@ def measure_field(model: Any, layer: Any, unit: tuple[int, int] | str = "centre"
     else:
         grid, kwargs = field, layout(field)
     (unit,) = _unit_list(grid, [unit])
-    module = adapter.linearised_copy(network.module) if mode == "linear" else network.module
+    module = adapter.modified_copy(network.module, "linearised") if mode == "linear" else network.module
     values = adapter.support_map(module, name, unit, inputs, seed, **kwargs)
     return values, FieldCheck(name, unit, None if field is None else field.rect(unit), support_box(values))
 

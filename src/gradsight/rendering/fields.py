@@ -19,7 +19,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .methods.node_gradient import NodeGradients
+from ..receptive.node_gradient import NodeGradients
 
 ZERO_COLOUR = "#1f4e9c"
 
@@ -96,8 +96,8 @@ def strongest_units(model, layers, position: tuple[int, int] | str = "centre", i
     largest gradient, i.e. an alive one."""
     from dataclasses import replace
 
-    from .methods.fields import as_network
-    from .methods.node_gradient import node_gradients
+    from ..receptive.analytic import as_network
+    from ..receptive.node_gradient import node_gradients
 
     network = as_network(model)  # once: a name would otherwise build a fresh model on every call
     chosen = []
@@ -114,8 +114,8 @@ def strongest_units(model, layers, position: tuple[int, int] | str = "centre", i
 
 
 def _field(network, layer):
-    from .adapters import adapter_for
-    from .methods.fields import input_shape_for, receptive_field
+    from ..adapters.discovery import adapter_for
+    from ..receptive.analytic import input_shape_for, receptive_field
 
     name, _ = adapter_for(network.module).resolve_layer(network.module, layer)
     return receptive_field(network, input_shape_for(network, None)[1:])[name]

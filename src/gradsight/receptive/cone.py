@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..receptive.report import LayerField
+from .report import LayerField
 
 
 def crop_window(field: LayerField, unit: tuple[int, int]) -> tuple[tuple[int, int], ...] | None:

@@ -1,7 +1,7 @@
 """PyTorch side of inner-node gradients: run the model only up to a layer, back-propagate chosen units.
 
 Example:
-    >>> from gradsight.adapters.torch_zoo import seed_cnn                         # doctest: +SKIP
+    >>> from gradsight.adapters.torch.zoo import seed_cnn                         # doctest: +SKIP
     >>> net = seed_cnn()                                                           # doctest: +SKIP
     >>> x = np.random.default_rng(0).random((128, 128, 1), dtype=np.float32)      # doctest: +SKIP
     >>> grads, values = unit_gradients(net, "L6", np.array([[0, 0, 0]]), x)       # doctest: +SKIP
@@ -13,78 +13,20 @@ Units are (row, col, channel) of the layer's output. Arrays cross in channels-la
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ..errors import BadInputError, UnknownNameError
-from . import avoid_triton_tensorflow_clash
-from .torch import eval_mode, folded_copy
-from .torch_fields import ROOT
+from ...errors import BadInputError
+from ..common import avoid_triton_tensorflow_clash, support_weights
+from .folding import folded_copy
+from .layers import ACTIVATIONS, ROOT, eval_mode, layer_output, resolve_module
 
 avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
 
 
-class _Reached(Exception):
-    """Raised by a forward hook to stop the model once the layer of interest has run."""
-
-
-def resolve_module(model: nn.Module, layer) -> tuple[str, nn.Module]:
-    """(name, module) for a layer given by name, by module, or by index among the model's direct children."""
-    if isinstance(layer, nn.Module):
-        for name, module in model.named_modules():
-            if module is layer:
-                return name, module
-        raise BadInputError("layer", expected="a submodule of the model", got=type(layer).__name__)
-    if isinstance(layer, int) and not isinstance(layer, bool):
-        children = list(model.named_children())
-        if not -len(children) <= layer < len(children):
-            raise BadInputError("layer index", expected=f"0..{len(children) - 1} (the model's direct children: "
-                                f"{', '.join(n for n, _ in children[:8])}{'...' if len(children) > 8 else ''})",
-                                got=str(layer), fix="or give the layer's name")
-        return children[layer]
-    if layer == ROOT:
-        return ROOT, model
-    if isinstance(layer, str) and layer:
-        try:
-            return layer, model.get_submodule(layer)  # direct: no walk over every module
-        except AttributeError:
-            pass
-    modules = dict(model.named_modules())
-    if layer in modules and layer != "":
-        return layer, modules[layer]
-    raise UnknownNameError("layer", str(layer), [n for n in modules if n])
-
-
-def layer_output(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The output of ``module`` when ``model`` runs on ``x``, stopping the model right after it."""
-    captured = []
-
-    def hook(mod, args, out):
-        captured.append(out)
-        raise _Reached
-
-    handle = module.register_forward_hook(hook)
-    try:
-        model(x)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise BadInputError("layer", expected="a module that runs in the model's forward pass",
-                            got="a module that never ran", fix="pick a layer from `gradsight rf MODEL`")
-    out = captured[0]
-    if not isinstance(out, torch.Tensor):
-        raise BadInputError("layer output", expected="a tensor", got=type(out).__name__)
-    return out
-
-
 class _Cropper:
-    """Forward hooks that crop the outputs of a crop plan's layers (see gradsight.methods.cone).
+    """Forward hooks that crop the outputs of a crop plan's layers (see gradsight.receptive.cone).
 
     Each crop window is in its tensor's full-size coordinates. The tensor that actually arrives was computed
     from an earlier crop, so it starts at ``start * stride / own stride`` of the last crop applied; a window
@@ -243,7 +185,7 @@ def _channels_first(module: nn.Module) -> bool:
             return True
         if not isinstance(module, nn.Sequential):
             return False
-        children = [m for m in module if not isinstance(m, _LINEAR_ACTIVATIONS + _KEEPS_LAYOUT)]
+        children = [m for m in module if not isinstance(m, ACTIVATIONS + _KEEPS_LAYOUT)]
         if not children:
             return False
         module = children[-1]
@@ -273,43 +215,6 @@ def untraced_layer(model: nn.Module, layer, inputs: np.ndarray) -> tuple[None, t
     return None, (z.shape[2], z.shape[3], z.shape[1])
 
 
-_LINEAR_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-                       nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus)
-
-
-class _DilatedMean(nn.Module):
-    """A dilated MaxPool2d made pass-through: the mean over the same dilated window, zeros as padding."""
-
-    def __init__(self, pool: nn.MaxPool2d):
-        super().__init__()
-        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-        self.kernel, self.dilation, self.padding = pair(pool.kernel_size), pair(pool.dilation), pair(pool.padding)
-        self.stride = pair(pool.stride if pool.stride else pool.kernel_size)
-
-    def forward(self, x):
-        weight = x.new_full((x.shape[1], 1, *self.kernel), 1.0 / (self.kernel[0] * self.kernel[1]))
-        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, groups=x.shape[1])
-
-
-def linearised_copy(model: nn.Module) -> nn.Module:
-    """A copy whose activations are identities and whose max-pools average: gradients then reach every pixel
-    a unit is wired to, whatever the input (no dead ReLUs, no max-pool routing)."""
-    clone = copy.deepcopy(model).eval()
-    for name, module in list(clone.named_modules()):
-        replacement = None
-        if isinstance(module, _LINEAR_ACTIVATIONS):
-            replacement = nn.Identity()
-        elif isinstance(module, nn.MaxPool2d) and module.dilation in (1, (1, 1)):
-            replacement = nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode,
-                                       count_include_pad=True)
-        elif isinstance(module, nn.MaxPool2d) and not module.ceil_mode:  # AvgPool2d has no dilation
-            replacement = _DilatedMean(module)
-        if replacement is not None and name:
-            parent_name, _, child = name.rpartition(".")
-            setattr(clone.get_submodule(parent_name) if parent_name else clone, child, replacement)
-    return clone
-
-
 def support_map(model: nn.Module, layer, position: tuple[int, int], inputs: np.ndarray,
                 seed: int = 0, spatial_axes=None) -> np.ndarray:
     """Sum over inputs and channels of |d (sum_c w_c z[c, row, col]) / d input| with random w_c > 0.
@@ -318,7 +223,6 @@ def support_map(model: nn.Module, layer, position: tuple[int, int], inputs: np.n
     ``spatial_axes`` as for :func:`unit_gradients`.
     """
     name, module = resolve_module(model, layer)
-    gen = torch.Generator().manual_seed(seed)
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     x = torch.from_numpy(np.ascontiguousarray(inputs)).permute(0, 3, 1, 2).to(dtype).requires_grad_(True)
@@ -329,7 +233,7 @@ def support_map(model: nn.Module, layer, position: tuple[int, int], inputs: np.n
                                 got=f"output of shape {tuple(z.shape)}")
         rows, cols = (1 + a for a in _spatial_axes(spatial_axes, z.ndim))
         z = z.movedim((rows, cols), (2, 3))  # N x C x H x W whatever the layer's layout
-        weights = torch.rand(z.shape[1], generator=gen, dtype=z.dtype) + 0.5
+        weights = torch.from_numpy(support_weights(z.shape[1], seed)).to(z.device, z.dtype)
         picked = (z[:, :, position[0], position[1]] * weights).sum()
         (grad,) = torch.autograd.grad(picked, x)
     return grad.abs().sum(dim=(0, 1)).detach().cpu().numpy()

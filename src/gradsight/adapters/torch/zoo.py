@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import BadInputError
-from . import avoid_triton_tensorflow_clash
+from ...errors import BadInputError
+from ..common import avoid_triton_tensorflow_clash
 
 avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
 

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import BadInputError
-from .plotting import DEFAULT_PERCENTILE, saliency_figure, to_uint8
-from .results import SaliencyResult
+from ..errors import BadInputError
+from .saliency import DEFAULT_PERCENTILE, saliency_figure, to_uint8
+from ..results import SaliencyResult
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -120,7 +120,7 @@ def output_stems(sources: Sequence[str | None]) -> list[str]:
 
 def sidecar(result: SaliencyResult, i: int, files: list[str], percentile: float, stem: str | None = None) -> dict:
     """The JSON record for input ``i``."""
-    from . import __version__
+    from .. import __version__
 
     predicted, target = int(result.predictions[i]), int(result.targets[i])
     geometry = result.geometries[i] if i < len(result.geometries) else None

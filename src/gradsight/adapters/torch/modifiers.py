@@ -9,7 +9,7 @@ Example:
     >>> guided = modified_copy(net, "guided")        # the user's net is untouched  # doctest: +SKIP
 
 Arrays cross in channels-last layout (N, H, W, C), as for saliency. The rules of ``modified_copy`` are those of
-``gradsight.adapters.base.MODIFY_RULES``; the copy's forward pass equals the model's (checked on a probe).
+``gradsight.adapters.common.MODIFY_RULES``; the copy's forward pass equals the model's (checked on a probe).
 """
 
 from __future__ import annotations
@@ -24,80 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..errors import BadInputError
-from . import avoid_triton_tensorflow_clash
-from .base import MODIFY_RULES, LayerGradient, resolve_targets
-from .torch import eval_mode
-from .torch_units import linearised_copy, resolve_module
+from ...errors import BadInputError
+from ..common import MODIFY_RULES, avoid_triton_tensorflow_clash
+from .gradients import as_nchw
+from .layers import ACTIVATIONS, resolve_module
 
 avoid_triton_tensorflow_clash("torch")
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    return device, dtype
-
-
-def as_nchw(inputs: np.ndarray, model: nn.Module) -> torch.Tensor:
-    """NHWC float32 array -> NCHW (channels-last memory) tensor on the model's device and dtype."""
-    device, dtype = _device_dtype(model)
-    x = torch.from_numpy(np.ascontiguousarray(inputs)).permute(0, 3, 1, 2).to(device, dtype)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 64, logits_of=None) -> np.ndarray:
-    """Pre-softmax class scores (N, K) of ``inputs``, forward only, ``batch_size`` images at a time.
-
-    ``logits_of(model, x)`` gives the logits of a batch (the adapter passes its softmax-stepping forward).
-    """
-    logits_of = logits_of or (lambda m, x: m(x))
-    out = []
-    with eval_mode(model), torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            x = as_nchw(inputs[start:start + batch_size], model).clone(memory_format=torch.channels_last)
-            out.append(logits_of(model, x).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def layer_gradient(model: nn.Module, layer, inputs: np.ndarray, targets: Sequence[int | None],
-                   score: str = "logit", logits_of=None, select=None) -> LayerGradient:
-    """Activations A of ``layer`` and d score[target] / dA, channels last; one forward and one backward pass."""
-    name, module = resolve_module(model, layer)
-    logits_of = logits_of or (lambda m, x: m(x))
-    captured: list[torch.Tensor] = []
-
-    def keep(mod, args, out):
-        if not isinstance(out, torch.Tensor):
-            return None
-        captured.append(out)
-        # Later in-place operations (ReLU(inplace=True)) must change a copy, not the activations we return.
-        return out.clone()
-
-    handle = module.register_forward_hook(keep)
-    try:
-        with eval_mode(model), torch.enable_grad():
-            x = as_nchw(inputs, model).clone(memory_format=torch.channels_last).requires_grad_(True)
-            logits = logits_of(model, x)
-            if not captured:
-                raise BadInputError(f"layer {name!r}", expected="a module that runs in the forward pass and "
-                                    "returns a tensor", got="a module that never ran or returned no tensor",
-                                    fix="pick a layer from `gradsight rf MODEL`")
-            activations = captured[0]
-            if activations.ndim != 4:
-                raise BadInputError(f"layer {name!r}", expected="a spatial feature map (N, channels, rows, cols)",
-                                    got=f"output of shape {tuple(activations.shape)}",
-                                    fix="pick a convolutional layer (see `gradsight rf MODEL`)")
-            chosen = torch.tensor(resolve_targets(list(targets), logits.shape[1], logits.detach().cpu().numpy()),
-                                  device=logits.device)
-            scores = select(logits, chosen, score) if select else logits.gather(1, chosen[:, None])[:, 0]
-            (grad,) = torch.autograd.grad(scores.sum(), activations)
-    finally:
-        handle.remove()
-    nhwc = lambda t: t.detach().permute(0, 2, 3, 1).float().cpu().numpy()  # noqa: E731
-    return LayerGradient(nhwc(activations), nhwc(grad), logits.detach().float().cpu().numpy(),
-                         chosen.cpu().numpy())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -272,3 +204,36 @@ def parameter_blocks(model: nn.Module) -> list[str]:
         else:
             blocks.append(name)
     return blocks[::-1]
+
+
+class _DilatedMean(nn.Module):
+    """A dilated MaxPool2d made pass-through: the mean over the same dilated window, zeros as padding."""
+
+    def __init__(self, pool: nn.MaxPool2d):
+        super().__init__()
+        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        self.kernel, self.dilation, self.padding = pair(pool.kernel_size), pair(pool.dilation), pair(pool.padding)
+        self.stride = pair(pool.stride if pool.stride else pool.kernel_size)
+
+    def forward(self, x):
+        weight = x.new_full((x.shape[1], 1, *self.kernel), 1.0 / (self.kernel[0] * self.kernel[1]))
+        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, groups=x.shape[1])
+
+
+def linearised_copy(model: nn.Module) -> nn.Module:
+    """A copy whose activations are identities and whose max-pools average: gradients then reach every pixel
+    a unit is wired to, whatever the input (no dead ReLUs, no max-pool routing)."""
+    clone = copy.deepcopy(model).eval()
+    for name, module in list(clone.named_modules()):
+        replacement = None
+        if isinstance(module, ACTIVATIONS):
+            replacement = nn.Identity()
+        elif isinstance(module, nn.MaxPool2d) and module.dilation in (1, (1, 1)):
+            replacement = nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode,
+                                       count_include_pad=True)
+        elif isinstance(module, nn.MaxPool2d) and not module.ceil_mode:  # AvgPool2d has no dilation
+            replacement = _DilatedMean(module)
+        if replacement is not None and name:
+            parent_name, _, child = name.rpartition(".")
+            setattr(clone.get_submodule(parent_name) if parent_name else clone, child, replacement)
+    return clone

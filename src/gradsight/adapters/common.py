@@ -1,7 +1,9 @@
-"""What every adapter shares and that needs no framework: the pass result and target resolution."""
+"""What both adapters share and that needs no framework: pass results, target and output checks, and
+keeping the two frameworks importable side by side."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,3 +64,23 @@ def rows_are_probabilities(scores: np.ndarray, tolerance: float = 1e-4) -> bool:
         return False
     in_range = bool(((scores >= -tolerance) & (scores <= 1 + tolerance)).all())
     return in_range and bool(np.allclose(scores.sum(axis=1), 1.0, atol=tolerance * scores.shape[1]))
+
+
+def avoid_triton_tensorflow_clash(loading: str) -> None:
+    """Keep PyTorch and TensorFlow usable in one process.
+
+    Importing Triton (which torch._dynamo pulls in lazily, e.g. on a first F.pad) after TensorFlow has been
+    loaded crashes the interpreter (seen with torch 2.14 + TensorFlow 2.21: both bundle LLVM). So: when
+    TensorFlow is about to load and torch is already here, let torch finish its lazy import first; when torch
+    code runs after TensorFlow, tell torch that Triton is absent (it is only needed to compile GPU kernels).
+    """
+    if loading == "tensorflow" and "torch" in sys.modules and "torch._dynamo" not in sys.modules:
+        import torch._dynamo  # noqa: F401
+    elif loading == "torch" and "tensorflow" in sys.modules and "torch._dynamo" not in sys.modules:
+        sys.modules.setdefault("triton", None)
+
+
+def support_weights(channels: int, seed: int) -> np.ndarray:
+    """The positive channel weights w_c in [0.5, 1.5) of ``support_map``, drawn by NumPy so that one seed gives
+    the same weights in every framework."""
+    return (np.random.default_rng(seed).random(channels) + 0.5).astype(np.float32)

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters import adapter_for, is_framework_tensor, tensor_to_array
+from ..adapters.discovery import adapter_for, is_framework_tensor, tensor_to_array
 from ..errors import BadInputError, GradsightError, UnsupportedGeometryError
-from ..receptive.report import LayerField
+from .report import LayerField
 from .cone import crop_plan
-from .fields import as_network, input_shape_for, receptive_field
+from .analytic import as_network, input_shape_for, receptive_field
 
 
 @dataclass(frozen=True, eq=False)

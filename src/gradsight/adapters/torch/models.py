@@ -14,12 +14,12 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import BadInputError, MissingDependencyError, UnknownNameError, WeightsUnavailableError
-from ..models.imagenet import imagenet_class_names
-from ..models.registry import CURATED, SEED_NETWORKS
-from ..models.spec import LoadedModel, ModelSpec
-from ..preprocess import Preprocess
-from . import avoid_triton_tensorflow_clash
+from ...errors import BadInputError, MissingDependencyError, UnknownNameError, WeightsUnavailableError
+from ...models.imagenet import imagenet_class_names
+from ...models.names import CURATED, SEED_NETWORKS
+from ...models.spec import LoadedModel, ModelSpec
+from ...preprocess import Preprocess
+from ..common import avoid_triton_tensorflow_clash
 
 avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
 
@@ -298,17 +298,13 @@ def build_torch_network(name: str):
     """A network for receptive-field and node-gradient work: seed CNNs, architectures by name (random
     weights: geometry does not depend on them), or a ``package.module:factory`` path called with no arguments.
     """
-    from .torch_zoo import SEED_INPUT, seed_cnn
+    from .zoo import SEED_INPUT, seed_cnn
 
     seeds = {"seed-cnn": "same", "seed-cnn-torch": "torch"}
     if name in seeds:
         net = seed_cnn(seeds[name])
         prep = Preprocess(resize=None, crop=None, mean=(0.0,), std=(1.0,))
         return LoadedModel(net, ModelSpec(name, "torch", prep, None, "random (seeded)", SEED_INPUT))
-    from ..models.registry import is_factory_path, network_from_factory
-
-    if is_factory_path(name):
-        return network_from_factory(name)
     library, base = _architecture(name)
     if library == "torchvision":
         tvm = _require("torchvision.models")
@@ -321,21 +317,21 @@ def build_torch_network(name: str):
     else:
         net = _require("timm").create_model(base, pretrained=False).eval()
         rows, cols = _timm_preprocess(net.pretrained_cfg).input_size
-    from .torch_fields import _first_conv_channels
+    from .trace import first_conv_channels
 
     # The input size load_model's preprocessing gives this name, so rf/node default to what saliency sees.
     spec = ModelSpec(name, "torch", Preprocess(resize=None, crop=None), None, "random (architecture only)",
-                     (_first_conv_channels(net), rows, cols))
+                     (first_conv_channels(net), rows, cols))
     return LoadedModel(net, spec)
 
 
 def factory_spec(net, path: str) -> ModelSpec:
     """The spec of a network a ``package.module:factory`` returned (the net is put in eval mode, as named
     networks are)."""
-    from .torch_fields import _first_conv_channels
+    from .trace import first_conv_channels
 
     net.eval()
-    shape = getattr(net, "gradsight_input_shape", None) or (_first_conv_channels(net), 224, 224)
+    shape = getattr(net, "gradsight_input_shape", None) or (first_conv_channels(net), 224, 224)
     return ModelSpec(path, "torch", Preprocess(resize=None, crop=None), None, "from the factory", tuple(shape))
 
 

@@ -23,15 +23,14 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ..errors import BadInputError, GradsightError, UnsupportedGeometryError
-from ..receptive.algebra import AxisField, Field, LayerGeometry
-from ..receptive.report import FieldReport, LayerField
-from . import avoid_triton_tensorflow_clash
-from .torch import eval_mode
+from ...errors import BadInputError, GradsightError, UnsupportedGeometryError
+from ...receptive.algebra import AxisField, Field, LayerGeometry
+from ...receptive.report import FieldReport, LayerField
+from ..common import avoid_triton_tensorflow_clash
+from .layers import ROOT, eval_mode
 
 avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
 
-ROOT = "(model)"  # the name under which the whole model's output is reported
 
 
 # Operations that act on each spatial position separately (besides those ATen tags as pointwise).
@@ -333,7 +332,7 @@ class _FieldMode(TorchDispatchMode):
                                   f"{' x '.join(map(str, parts))}, as a window partition does")
 
 
-def _first_conv_channels(model: nn.Module) -> int:
+def first_conv_channels(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, nn.modules.conv._ConvNd):
             return module.in_channels
@@ -350,7 +349,7 @@ def trace_fields(model: nn.Module, input_shape: tuple[int, ...] | None = None,
     parameters and buffers) is traced on its own device instead, with real tensors.
     """
     if input_shape is None:
-        input_shape = (_first_conv_channels(model), 224, 224)
+        input_shape = (first_conv_channels(model), 224, 224)
     if len(input_shape) not in (2, 3) or any(int(n) < 1 for n in input_shape):
         raise BadInputError("input shape", expected="(channels, length) or (channels, rows, cols)",
                             got=str(tuple(input_shape)))
