@@ -30,6 +30,7 @@ bench: install
 	$(VENV)/bin/python bench/saliency.py
 	$(VENV)/bin/python bench/node_gradient.py
 	$(VENV)/bin/python bench/keras_saliency.py
+	$(VENV)/bin/python bench/explorer.py
 
 lint: install
 	$(VENV)/bin/ruff check .

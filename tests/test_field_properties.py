@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import gradsight
-from gradsight.methods import cone
+from gradsight.receptive import cone
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -12,7 +12,7 @@ from torch import nn
 import gradsight
 from gradsight.adapters.torch.zoo import seed_cnn
 from gradsight.errors import UnsupportedGeometryError
-from gradsight.methods import cone
+from gradsight.receptive import cone
 from gradsight.receptive.cone import crop_window
 
 
@@ -122,7 +122,7 @@ def test_bad_layer_and_unit_are_clear_errors():
 
 
 def test_too_many_full_size_gradients_is_a_clear_error(monkeypatch):
-    from gradsight.methods import node_gradient as module
+    from gradsight.receptive import node_gradient as module
 
     # 256 units x 128 x 128 x 1 float32 = 16 MiB; with a 10 MiB budget that is too much, with 20 MiB it is not
     monkeypatch.setattr(module, "MAX_RESULT_BYTES", 10 * 2 ** 20)

@@ -111,7 +111,8 @@ Glorot-uniform weights, seeded). The input is uniform random in [0, 1), as in th
     ("code", """import numpy as np
 
 import gradsight
-from gradsight.rendering.fields import field_grid_figure, strongest_units
+from gradsight.receptive.node_gradient import strongest_units
+from gradsight.rendering.fields import field_grid_figure
 
 g = gradsight.node_gradient("seed-cnn", "L6", (0, 0, 0))     # TF/Keras padding='same'
 print("z =", g.values[0], "  gradient shape", g.gradient.shape)

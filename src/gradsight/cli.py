@@ -76,9 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     node.set_defaults(run=_run_node)
 
     from .commands import evaluation, methods
+    from .explorer.cli import add_parser as add_explore
 
     methods.add_parser(commands)
     evaluation.add_parsers(commands, DEFAULT_MODEL)
+    add_explore(commands)
     return parser
 
 
@@ -223,7 +225,8 @@ def _run_saliency(args) -> int:
     from .images import Photo, example_image_path
     from .methods.saliency import saliency_batches
     from .models.registry import load_model
-    from .rendering.files import make_output_folder, output_stems, write_saliency
+    from .rendering.files import make_output_folder, output_stems
+    from .rendering.saliency_files import write_saliency
 
     if args.batch_size < 1:
         raise BadInputError("--batch-size", expected="a whole number >= 1", got=str(args.batch_size))

@@ -45,16 +45,14 @@ def _common(parser: argparse.ArgumentParser, default_model: str) -> None:
 
 
 def _write(out: Path, files: dict[str, bytes]) -> list[Path]:
-    from ..errors import BadInputError
-    from ..rendering.files import write_atomic
+    from ..rendering.files import make_output_folder, output_error, write_atomic
 
+    make_output_folder(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             write_atomic(out / name, data)
     except OSError as err:
-        raise BadInputError(f"output folder {str(out)!r}", expected="a folder that can be created and written",
-                            got=f"{type(err).__name__}: {err.strerror or err}", fix="choose another --out") from None
+        raise output_error(out, err) from None
     return [out / name for name in files]
 
 

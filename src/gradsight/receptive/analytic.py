@@ -29,8 +29,8 @@ def as_network(model: Any) -> LoadedModel:
         return load_network(model)
     if isinstance(model, LoadedModel):
         return model
-    from ..models.spec import ModelSpec
     from ..methods.saliency import as_loaded_model
+    from ..models.spec import ModelSpec
 
     loaded = as_loaded_model(model)
     shape = adapter_for(model).default_input_shape(model)

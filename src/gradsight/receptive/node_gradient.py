@@ -21,9 +21,9 @@ import numpy as np
 
 from ..adapters.discovery import adapter_for, is_framework_tensor, tensor_to_array
 from ..errors import BadInputError, GradsightError, UnsupportedGeometryError
-from .report import LayerField
-from .cone import crop_plan
 from .analytic import as_network, input_shape_for, receptive_field
+from .cone import crop_plan
+from .report import LayerField
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,9 +54,13 @@ class NodeGradients:
     def rect(self) -> tuple[tuple[int, int], ...] | None:
         """The first unit's analytic input rectangle ((row0, row1), (col0, col1)), inclusive, clipped; None
         when the field is unknown."""
+        return self.unit_rect(0)
+
+    def unit_rect(self, i: int) -> tuple[tuple[int, int], ...] | None:
+        """Unit ``i``'s analytic input rectangle, or None when the field is unknown."""
         if self.field is None:
             return None
-        return self.field.rect(tuple(int(u) for u in self.units[0][:2]))
+        return self.field.rect(tuple(int(u) for u in self.units[i][:2]))
 
     def support_box(self, i: int = 0) -> tuple[tuple[int, int], ...] | None:
         """Bounding box of the non-zero gradient of unit ``i`` (None: a dead unit, all gradients zero)."""
@@ -197,3 +201,30 @@ def node_gradient(model: Any, layer: Any, unit: tuple[int, int, int], inputs=Non
     if len(tuple(unit)) != 3:
         raise BadInputError("unit", expected="(x, y, c): row, column, channel", got=repr(unit))
     return node_gradients(model, layer, [tuple(unit)], inputs=inputs, seed=seed, crop=crop, fast=fast)
+
+
+def strongest_units(model, layers, position: tuple[int, int] | str = "centre", inputs=None,
+                    seed: int = 0) -> list[NodeGradients]:
+    """For each layer, the unit at ``position`` ("centre" = each layer's centre unit) in the channel with the
+    largest gradient, i.e. an alive one."""
+    from dataclasses import replace
+
+    network = as_network(model)  # once: a name would otherwise build a fresh model on every call
+    chosen = []
+    for layer in layers:
+        field = _field(network, layer)
+        where = tuple(n // 2 for n in field.spatial_shape) if position == "centre" else tuple(position)
+        probe = node_gradients(network, layer, channel=None, inputs=inputs, seed=seed,
+                               units=[(*where, c) for c in range(field.channels)])
+        best = int(np.argmax(np.abs(probe.gradients).reshape(len(probe), -1).sum(axis=1)))
+        one = slice(best, best + 1)
+        chosen.append(replace(probe, gradients=probe.gradients[one], units=probe.units[one],
+                              values=probe.values[one]))
+    return chosen
+
+
+def _field(network, layer):
+    from ..adapters.discovery import adapter_for
+
+    name, _ = adapter_for(network.module).resolve_layer(network.module, layer)
+    return receptive_field(network, input_shape_for(network, None)[1:])[name]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
@@ -23,6 +24,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ..results import AttributionResult
+from .files import output_error, output_stems, write_atomic
 
 DEFAULT_PERCENTILE = 99.0
 
@@ -184,11 +186,6 @@ def save_attributions(results: list[AttributionResult], out_dir, percentile: flo
                       stems: list[str] | None = None) -> list:
     """Write every input's files for every method (and, with several methods, a comparison figure) into
     ``out_dir``; each file is rendered in memory, then written atomically. Returns the paths written."""
-    from pathlib import Path
-
-    from ..errors import BadInputError
-    from .files import write_atomic
-
     out = Path(out_dir)
     first = results[0]
     stems = stems or output_stems(first.sources or [None] * len(first))
@@ -205,7 +202,5 @@ def save_attributions(results: list[AttributionResult], out_dir, percentile: flo
                 write_atomic(out / name, data)
                 written.append(out / name)
     except OSError as err:
-        raise BadInputError(f"output folder {str(out)!r}", expected="a folder that can be created and written",
-                            got=f"{type(err).__name__}: {err.strerror or err}",
-                            fix="choose another --out folder") from None
+        raise output_error(out, err) from None
     return written

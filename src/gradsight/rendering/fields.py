@@ -19,6 +19,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from ..errors import BadInputError
 from ..receptive.node_gradient import NodeGradients
 
 ZERO_COLOUR = "#1f4e9c"
@@ -46,13 +47,16 @@ def _draw(ax, magnitude: np.ndarray, rect, decades: float, title: str):
 def node_gradient_figure(result: NodeGradients, i: int = 0, decades: float = 6.0, model_name: str = "") -> Figure:
     """|d z[x, y, c] / d input| of unit ``i`` with its analytic rectangle (dashed cyan)."""
     unit = tuple(int(v) for v in result.units[i])
-    rect = result.field.rect(unit[:2])
+    rect = result.unit_rect(i)
     magnitude = np.abs(result.gradients[i]).sum(axis=-1)
     fig = Figure(figsize=(6.2, 5.4), layout="constrained")
     ax = fig.subplots()
-    (r0, r1), (c0, c1) = rect
-    title = (f"|d {result.layer}[x={unit[0]}, y={unit[1]}, c={unit[2]}] / d input|  {model_name}\n"
-             f"analytic field rows {r0}..{r1}, cols {c0}..{c1} ({r1 - r0 + 1} x {c1 - c0 + 1} after clipping)")
+    if rect is None:
+        where = "no analytic field (the trace cannot follow this layer)"
+    else:
+        (r0, r1), (c0, c1) = rect
+        where = f"analytic field rows {r0}..{r1}, cols {c0}..{c1} ({r1 - r0 + 1} x {c1 - c0 + 1} after clipping)"
+    title = f"|d {result.layer}[x={unit[0]}, y={unit[1]}, c={unit[2]}] / d input|  {model_name}\n{where}"
     image = _draw(ax, magnitude, rect, decades, title)
     fig.colorbar(image, ax=ax, label="log scale; blue = exactly 0", shrink=0.85)
     return fig
@@ -66,7 +70,10 @@ def field_grid_figure(results: list[NodeGradients], decades: float = 6.0, title:
     rows = (len(results) + cols - 1) // cols
     fig = Figure(figsize=(4.0 * cols, 3.9 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    rects = [r.field.rect(tuple(int(v) for v in r.units[0][:2])) for r in results]
+    rects = [r.unit_rect(0) for r in results]
+    if any(rect is None for rect in rects):
+        raise BadInputError("layers", expected="layers with an analytic field", got="a layer the trace cannot "
+                            "follow", fix="draw its gradient alone with node_gradient_figure")
     height, width = results[0].gradient.shape[:2]
     row_lo = max(min(rect[0][0] for rect in rects) - margin, 0)
     row_hi = min(max(rect[0][1] for rect in rects) + margin, height - 1)
@@ -88,34 +95,3 @@ def field_grid_figure(results: list[NodeGradients], decades: float = 6.0, title:
     if title:
         fig.suptitle(title)
     return fig
-
-
-def strongest_units(model, layers, position: tuple[int, int] | str = "centre", inputs=None,
-                    seed: int = 0) -> list[NodeGradients]:
-    """For each layer, the unit at ``position`` ("centre" = each layer's centre unit) in the channel with the
-    largest gradient, i.e. an alive one."""
-    from dataclasses import replace
-
-    from ..receptive.analytic import as_network
-    from ..receptive.node_gradient import node_gradients
-
-    network = as_network(model)  # once: a name would otherwise build a fresh model on every call
-    chosen = []
-    for layer in layers:
-        field = _field(network, layer)
-        where = tuple(n // 2 for n in field.spatial_shape) if position == "centre" else tuple(position)
-        probe = node_gradients(network, layer, channel=None, inputs=inputs, seed=seed,
-                               units=[(*where, c) for c in range(field.output_shape[0])])
-        best = int(np.argmax(np.abs(probe.gradients).reshape(len(probe), -1).sum(axis=1)))
-        one = slice(best, best + 1)
-        chosen.append(replace(probe, gradients=probe.gradients[one], units=probe.units[one],
-                              values=probe.values[one]))
-    return chosen
-
-
-def _field(network, layer):
-    from ..adapters.discovery import adapter_for
-    from ..receptive.analytic import input_shape_for, receptive_field
-
-    name, _ = adapter_for(network.module).resolve_layer(network.module, layer)
-    return receptive_field(network, input_shape_for(network, None)[1:])[name]
