@@ -167,6 +167,17 @@ def test_converted_images_run_end_to_end_in_the_cli(tmp_path):
     proc = run_cli("saliency", str(path), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "grey_saliency.png").exists()
+    # The map written is the map of the converted photo: the same as the API gives for its RGB version.
+    import json
+
+    import gradsight
+
+    record = json.loads((tmp_path / "out" / "grey.json").read_text())
+    assert record["converted_from"].startswith("L") and record["input_kind"] == "photo"
+    rgb = Image.open(path).convert("RGB")
+    expected = gradsight.saliency("efficientnet_lite0", rgb).saliency[0]
+    written = np.load(tmp_path / "out" / "grey_saliency.npy")
+    np.testing.assert_allclose(written, expected, rtol=1e-4, atol=1e-6 * expected.max())
 
 
 def test_output_folder_that_is_a_file_fails_cleanly(tmp_path):

@@ -96,9 +96,20 @@ def test_batches_of_windows_equal_whole_input_runs(name):
 
 
 def test_a_whole_channel():
-    result = gradsight.node_gradients("seed-cnn", "L6", channel=2)
+    net = seed_cnn("same")
+    result = gradsight.node_gradients(net, "L6", channel=2)
     assert len(result) == 16 * 16 and set(result.units[:, 2]) == {2}
     assert result.units[:, :2].tolist() == [[x, y] for x in range(16) for y in range(16)]
+    # Each unit's gradient and value in the batched call equal the unit computed alone (corners, edge, centre).
+    for k in (0, 15, 17, 8 * 16 + 8, 255):
+        alone = gradsight.node_gradient(net, "L6", tuple(int(v) for v in result.units[k]))
+        np.testing.assert_allclose(result.gradients[k], alone.gradient, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(result.values[k], alone.values[0], rtol=1e-5, atol=1e-7)
+    # and each lies inside its own unit's analytic rectangle
+    for k in range(0, 256, 37):
+        box = result.support_box(k)
+        (r0, r1), (c0, c1) = result.unit_rect(k)
+        assert box is None or (r0 <= box[0][0] and box[0][1] <= r1 and c0 <= box[1][0] and box[1][1] <= c1)
 
 
 def test_layer_by_name_index_or_module_agree():

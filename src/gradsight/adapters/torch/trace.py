@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -67,6 +68,18 @@ class _Tracked:
 
     def __init__(self, tensor, field: Field, dims: tuple[int, ...], seq: int, rows=None):
         self.tensor, self.field, self.dims, self.seq, self.rows = tensor, field, dims, seq, rows
+
+
+class _Op(NamedTuple):
+    """One traced ATen call, as its handler sees it."""
+
+    func: object
+    name: str
+    args: tuple
+    inputs: list
+    first: _Tracked
+    outs: list
+    out: object
 
 
 class _FieldMode(TorchDispatchMode):
@@ -138,112 +151,135 @@ class _FieldMode(TorchDispatchMode):
             self.local_ops.setdefault(module, []).append((per_axis, tuple(kernel), tuple(dilation)))
 
     def propagate(self, func, args, inputs: list[_Tracked], out) -> None:
+        """Give the outputs of one ATen operation their fields: by the handler of its name (``_HANDLERS``),
+        as a per-position operation when ATen tags it pointwise, or refuse it by name."""
         name = func.overloadpacket.__name__
         first = inputs[0]
         outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
         if all(t.field.is_global for t in inputs):  # past global pooling nothing can narrow the field again
             self.global_out(outs, first)
-        elif name == "convolution":
-            if args[6]:
-                self.refuse(func, "transposed convolutions upsample")
-            n = len(first.dims)
-            kernel = list(args[1].shape[2:])
-            stride, padding, dilation = (_as_list(args[i], n) for i in (3, 4, 5))
-            self.apply_layer(first, outs[:1], kernel, stride, padding, dilation)
-        elif name in _POOLS:
-            n = len(first.dims)
-            kernel = _as_list(args[1], n)
-            stride = _as_list(args[2], n) if len(args) > 2 and args[2] else kernel
-            padding = _as_list(args[3], n) if len(args) > 3 else [0] * n
-            dilation = _as_list(args[4], n) if len(args) > 4 and "max" in name else [1] * n
-            self.apply_layer(first, outs, kernel, stride, padding, dilation)
-        elif name == "constant_pad_nd":
-            pads = list(args[1])
-            ndim = first.tensor.ndim
-            left = []
-            for d in first.dims:
-                j = ndim - 1 - d  # pad lists start from the last dimension
-                left.append(pads[2 * j] if 2 * j < len(pads) else 0)
-            n = len(first.dims)
-            self.apply_layer(first, outs, [1] * n, [1] * n, left, [1] * n)
-        elif name in ("_adaptive_avg_pool2d", "adaptive_max_pool2d", "_adaptive_avg_pool3d", "adaptive_avg_pool1d"):
-            sizes_in = [first.tensor.shape[d] for d in first.dims]
-            sizes_out = _as_list(args[1], len(sizes_in))
-            if all(o == 1 for o in sizes_out):
-                self.global_out(outs, first)
-            elif sizes_in == sizes_out:
-                self.same(outs, first.field, first.dims)
-            elif all(i % o == 0 for i, o in zip(sizes_in, sizes_out)):
-                k = [i // o for i, o in zip(sizes_in, sizes_out)]
-                self.apply_layer(first, outs, k, k, [0] * len(k), [1] * len(k))
-            else:
-                self.refuse(func, f"adaptive pooling from {sizes_in} to {sizes_out} has uneven bins")
-        elif name in _REDUCTIONS:
-            dims = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else None
-            reduced = set(range(first.tensor.ndim)) if dims is None else {d % first.tensor.ndim for d in dims}
-            if reduced & set(first.dims):
-                self.global_out(outs, first)
-            else:
-                keep = out.ndim == first.tensor.ndim if isinstance(out, torch.Tensor) else True
-                shift = 0 if keep else sum(1 for d in reduced if d < min(first.dims))
-                self.same(outs, first.field, tuple(d - shift for d in first.dims))
-        elif name in _VIEWS:
-            self.view(func, first, outs)
-        elif name == "permute":
-            order = [d % first.tensor.ndim for d in args[1]]
-            self.same(outs, first.field, tuple(order.index(d) for d in first.dims))
-        elif name in ("transpose", "t"):
-            a, b = ((args[1] % first.tensor.ndim, args[2] % first.tensor.ndim) if name == "transpose" else (0, 1))
-            swap = {a: b, b: a}
-            self.same(outs, first.field, tuple(swap.get(d, d) for d in first.dims))
-        elif name in ("unsqueeze", "squeeze"):
-            self.view(func, first, outs)
-        elif name == "roll":
-            dims = args[2] if len(args) > 2 else ()  # none: a roll of the flattened tensor
-            dims = [dims] if isinstance(dims, int) else list(dims)
-            if not dims or {d % first.tensor.ndim for d in dims} & set(first.dims):
-                self.refuse(func, "a cyclic shift (roll) of a spatial axis wraps pixels from one border to the "
-                                  "other, as in shifted-window attention")
-            self.same(outs, first.field, first.dims)
-        elif name == "cat":
-            dim = (args[1] if len(args) > 1 else 0) % first.tensor.ndim
-            if dim in first.dims:
-                self.refuse(func, "concatenation along a spatial axis")
-            self.merge_out(func, inputs, outs)
-        elif name in ("slice", "select"):
-            dim = (args[1] if len(args) > 1 else 0) % first.tensor.ndim
-            if dim not in first.dims:
-                dims = first.dims if name == "slice" else tuple(d - (d > dim) for d in first.dims)
-                self.same(outs, first.field, dims)
-            elif name == "select":
-                self.refuse(func, "selecting one spatial index")
-            else:
-                size = first.tensor.shape[dim]
-                start = args[2] if len(args) > 2 and args[2] is not None else 0
-                start = start + size if start < 0 else min(start, size)
-                step = args[4] if len(args) > 4 else 1
-                axis = first.dims.index(dim)
-                n = len(first.dims)
-                self.apply_layer(first, outs, [1] * n, [step if i == axis else 1 for i in range(n)],
-                                 [-start if i == axis else 0 for i in range(n)], [1] * n)
-        elif name in _LINEAR and first.rows is not None and first.tensor.ndim == 2:
-            for o in outs:  # one row per position, mixing only features
-                self.track(o, first.field, first.dims, first.rows)
-        elif name in _LINEAR:
-            if first.field.is_global or (first.tensor.ndim - 1) not in first.dims:
-                self.same(outs, first.field if not first.field.is_global else Field.everything(), first.dims)
-            else:
-                self.global_out(outs, first)
+            return
+        handler = _HANDLERS.get(name)
+        if handler is not None:
+            handler(self, _Op(func, name, args, inputs, first, outs, out))
         elif torch.Tag.pointwise in func.tags or name in _PER_POSITION:
             self.merge_out(func, inputs, outs)
-        elif name == "native_layer_norm":
-            normalised = len(args[1])
-            if any(d >= first.tensor.ndim - normalised for d in first.dims):
-                self.global_out(outs, first)
-            else:
-                self.same(outs[:1], first.field, first.dims)
         else:
             self.refuse(func, "its effect on the pixel grid is unknown to gradsight")
+
+    # --- one handler per kind of operation (the table _HANDLERS below maps ATen names to them) -------------
+
+    def _convolution(self, op: _Op) -> None:
+        if op.args[6]:
+            self.refuse(op.func, "transposed convolutions upsample")
+        n = len(op.first.dims)
+        kernel = list(op.args[1].shape[2:])
+        stride, padding, dilation = (_as_list(op.args[i], n) for i in (3, 4, 5))
+        self.apply_layer(op.first, op.outs[:1], kernel, stride, padding, dilation)
+
+    def _pool(self, op: _Op) -> None:
+        args, n = op.args, len(op.first.dims)
+        kernel = _as_list(args[1], n)
+        stride = _as_list(args[2], n) if len(args) > 2 and args[2] else kernel
+        padding = _as_list(args[3], n) if len(args) > 3 else [0] * n
+        dilation = _as_list(args[4], n) if len(args) > 4 and "max" in op.name else [1] * n
+        self.apply_layer(op.first, op.outs, kernel, stride, padding, dilation)
+
+    def _constant_pad(self, op: _Op) -> None:
+        pads, ndim = list(op.args[1]), op.first.tensor.ndim
+        left = []
+        for d in op.first.dims:
+            j = ndim - 1 - d  # pad lists start from the last dimension
+            left.append(pads[2 * j] if 2 * j < len(pads) else 0)
+        n = len(op.first.dims)
+        self.apply_layer(op.first, op.outs, [1] * n, [1] * n, left, [1] * n)
+
+    def _adaptive_pool(self, op: _Op) -> None:
+        first = op.first
+        sizes_in = [first.tensor.shape[d] for d in first.dims]
+        sizes_out = _as_list(op.args[1], len(sizes_in))
+        if all(o == 1 for o in sizes_out):
+            self.global_out(op.outs, first)
+        elif sizes_in == sizes_out:
+            self.same(op.outs, first.field, first.dims)
+        elif all(i % o == 0 for i, o in zip(sizes_in, sizes_out)):
+            k = [i // o for i, o in zip(sizes_in, sizes_out)]
+            self.apply_layer(first, op.outs, k, k, [0] * len(k), [1] * len(k))
+        else:
+            self.refuse(op.func, f"adaptive pooling from {sizes_in} to {sizes_out} has uneven bins")
+
+    def _reduction(self, op: _Op) -> None:
+        first, args = op.first, op.args
+        dims = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else None
+        reduced = set(range(first.tensor.ndim)) if dims is None else {d % first.tensor.ndim for d in dims}
+        if reduced & set(first.dims):
+            self.global_out(op.outs, first)
+        else:
+            keep = op.out.ndim == first.tensor.ndim if isinstance(op.out, torch.Tensor) else True
+            shift = 0 if keep else sum(1 for d in reduced if d < min(first.dims))
+            self.same(op.outs, first.field, tuple(d - shift for d in first.dims))
+
+    def _view(self, op: _Op) -> None:
+        self.view(op.func, op.first, op.outs)
+
+    def _permute(self, op: _Op) -> None:
+        order = [d % op.first.tensor.ndim for d in op.args[1]]
+        self.same(op.outs, op.first.field, tuple(order.index(d) for d in op.first.dims))
+
+    def _transpose(self, op: _Op) -> None:
+        ndim = op.first.tensor.ndim
+        a, b = (op.args[1] % ndim, op.args[2] % ndim) if op.name == "transpose" else (0, 1)
+        swap = {a: b, b: a}
+        self.same(op.outs, op.first.field, tuple(swap.get(d, d) for d in op.first.dims))
+
+    def _roll(self, op: _Op) -> None:
+        dims = op.args[2] if len(op.args) > 2 else ()  # none: a roll of the flattened tensor
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        if not dims or {d % op.first.tensor.ndim for d in dims} & set(op.first.dims):
+            self.refuse(op.func, "a cyclic shift (roll) of a spatial axis wraps pixels from one border to the "
+                                 "other, as in shifted-window attention")
+        self.same(op.outs, op.first.field, op.first.dims)
+
+    def _cat(self, op: _Op) -> None:
+        dim = (op.args[1] if len(op.args) > 1 else 0) % op.first.tensor.ndim
+        if dim in op.first.dims:
+            self.refuse(op.func, "concatenation along a spatial axis")
+        self.merge_out(op.func, op.inputs, op.outs)
+
+    def _slice(self, op: _Op) -> None:
+        first, args = op.first, op.args
+        dim = (args[1] if len(args) > 1 else 0) % first.tensor.ndim
+        if dim not in first.dims:
+            dims = first.dims if op.name == "slice" else tuple(d - (d > dim) for d in first.dims)
+            self.same(op.outs, first.field, dims)
+        elif op.name == "select":
+            self.refuse(op.func, "selecting one spatial index")
+        else:
+            size = first.tensor.shape[dim]
+            start = args[2] if len(args) > 2 and args[2] is not None else 0
+            start = start + size if start < 0 else min(start, size)
+            step = args[4] if len(args) > 4 else 1
+            axis = first.dims.index(dim)
+            n = len(first.dims)
+            self.apply_layer(first, op.outs, [1] * n, [step if i == axis else 1 for i in range(n)],
+                             [-start if i == axis else 0 for i in range(n)], [1] * n)
+
+    def _linear(self, op: _Op) -> None:
+        first = op.first
+        if first.rows is not None and first.tensor.ndim == 2:
+            for o in op.outs:  # one row per position, mixing only features
+                self.track(o, first.field, first.dims, first.rows)
+        elif first.field.is_global or (first.tensor.ndim - 1) not in first.dims:
+            self.same(op.outs, first.field if not first.field.is_global else Field.everything(), first.dims)
+        else:
+            self.global_out(op.outs, first)
+
+    def _layer_norm(self, op: _Op) -> None:
+        normalised = len(op.args[1])
+        if any(d >= op.first.tensor.ndim - normalised for d in op.first.dims):
+            self.global_out(op.outs, op.first)
+        else:
+            self.same(op.outs[:1], op.first.field, op.first.dims)
 
     def apply_layer(self, src: _Tracked, outs, kernel, stride, padding, dilation) -> None:
         reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
@@ -330,6 +366,26 @@ class _FieldMode(TorchDispatchMode):
                 parts = [inside[0] // before] + [b // a for a, b in zip(inside, inside[1:])] + [after // inside[-1]]
                 self.refuse(func, f"a view that splits spatial axis {d} of size {shape_in[d]} into "
                                   f"{' x '.join(map(str, parts))}, as a window partition does")
+
+
+_HANDLERS = {
+    "convolution": _FieldMode._convolution,
+    **dict.fromkeys(_POOLS, _FieldMode._pool),
+    "constant_pad_nd": _FieldMode._constant_pad,
+    **dict.fromkeys(("_adaptive_avg_pool2d", "adaptive_max_pool2d", "_adaptive_avg_pool3d", "adaptive_avg_pool1d"),
+                    _FieldMode._adaptive_pool),
+    **dict.fromkeys(_REDUCTIONS, _FieldMode._reduction),
+    **dict.fromkeys((*_VIEWS, "unsqueeze", "squeeze"), _FieldMode._view),
+    "permute": _FieldMode._permute,
+    "transpose": _FieldMode._transpose,
+    "t": _FieldMode._transpose,
+    "roll": _FieldMode._roll,
+    "cat": _FieldMode._cat,
+    "slice": _FieldMode._slice,
+    "select": _FieldMode._slice,
+    **dict.fromkeys(_LINEAR, _FieldMode._linear),
+    "native_layer_norm": _FieldMode._layer_norm,
+}
 
 
 def first_conv_channels(model: nn.Module) -> int:
