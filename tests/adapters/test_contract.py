@@ -103,7 +103,7 @@ def test_reinit_copies_redraw_exactly_the_named_layers(pair, inputs):
 
 
 def test_trace_fields(pair):
-    t, k = both(pair, lambda a, m: a.trace_fields(m, (1, 64, 64)))
+    t, k = both(pair, lambda a, m: a.trace_fields(m, (1, 128, 128)))
     for name in ("L1", "L2", "L3", "L4", "L5", "L6"):
         assert (t[name].size, t[name].stride, t[name].padding) == (k[name].size, k[name].stride, k[name].padding)
         for unit in ((0, 0), (3, 5), (t[name].spatial_shape[0] - 1, 0)):

@@ -124,7 +124,8 @@ def start(model: Any = None, images: Any = None, *, host: str = "127.0.0.1", por
     if bound_host in ("0.0.0.0", "::"):
         shown = "127.0.0.1" if bound_host == "0.0.0.0" else "[::1]"
     url = f"http://{shown}:{bound_port}/"
-    config = uvicorn.Config(create_app(session, hosts=hosts), log_level="warning", access_log=False,
+    # log_config=None: uvicorn must not reconfigure the process's logging (a notebook's, or TensorFlow's handlers)
+    config = uvicorn.Config(create_app(session, hosts=hosts), log_config=None, log_level="warning", access_log=False,
                             lifespan="off", server_header=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="gradsight-explorer",
