@@ -13,8 +13,9 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gradsight  # noqa: E402
+from gradsight.adapters.keras.models import CAFFE  # noqa: E402
 from gradsight.adapters.keras.trace import trace_fields  # noqa: E402
-from gradsight.adapters.keras.models import CAFFE, copy_seed_weights, keras_seed_cnn  # noqa: E402
+from gradsight.adapters.keras.zoo import copy_seed_weights, keras_seed_cnn  # noqa: E402
 from gradsight.errors import UnsupportedGeometryError  # noqa: E402
 
 

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from gradsight.adapters.keras.modifiers import layer_gradient, modified_copy, predict  # noqa: E402
+from gradsight.adapters.keras.gradients import layer_gradient, predict  # noqa: E402
+from gradsight.adapters.keras.modifiers import modified_copy  # noqa: E402
 from gradsight.errors import BadInputError, UnknownNameError  # noqa: E402
 
 L = keras.layers
@@ -577,7 +578,7 @@ def test_seed_cnn_guided_and_deconvnet_equal_captum():
     import torch
     from captum.attr import Deconvolution, GuidedBackprop
 
-    from gradsight.adapters.keras.models import copy_seed_weights, keras_seed_cnn
+    from gradsight.adapters.keras.zoo import copy_seed_weights, keras_seed_cnn
     from gradsight.adapters.torch.zoo import seed_cnn
 
     net = seed_cnn("same")

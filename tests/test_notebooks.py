@@ -23,8 +23,26 @@ def test_notebook_executes(path, tmp_path):
                 "02_inner_node_gradients.ipynb": "gradient_L6.png"}.get(path.name)
     if expected:
         assert (tmp_path / expected).exists()
+    # Every notebook checks its own claims: it has assertions, and all of them ran (no cell was skipped).
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert sum(cell.source.count("assert ") for cell in code) >= 2
+    assert all(cell.get("execution_count") for cell in code)
 
 
-def test_the_three_exercise_notebooks_exist():
+def test_every_notebook_is_written_by_the_generator(tmp_path, monkeypatch):
+    """The committed notebooks are exactly what tools/make_notebooks.py writes (cell by cell), and there are the
+    five the README lists: the three exercise tasks, the attribution family, and the trust checks."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_notebooks", NOTEBOOKS[0].parent.parent / "tools" /
+                                                  "make_notebooks.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
     assert [p.name for p in NOTEBOOKS] == [
-        "01_saliency.ipynb", "02_inner_node_gradients.ipynb", "03_receptive_field.ipynb"]
+        "01_saliency.ipynb", "02_inner_node_gradients.ipynb", "03_receptive_field.ipynb",
+        "04_attribution_methods.ipynb", "05_can_we_trust_the_map.ipynb"]
+    cells = [generator.SALIENCY, generator.NODE_GRADIENTS, generator.RECEPTIVE_FIELD, generator.ATTRIBUTION,
+             generator.TRUST]
+    for path, expected in zip(NOTEBOOKS, cells):
+        notebook = nbformat.read(path, as_version=4)
+        assert [(c.cell_type == "markdown" and "md" or "code", c.source) for c in notebook.cells] == expected

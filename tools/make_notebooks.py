@@ -292,6 +292,102 @@ for method in ("gradient", "integrated_gradients", "grad_cam"):
 ]
 
 
+TRUST = [
+    ("md", """# Can we trust the map? Sanity checks and faithfulness
+
+A saliency map is only useful if it shows what *the model* uses. Two tests ask this from two sides:
+
+1. **Sanity check by model randomisation** (Adebayo et al., 2018, *Sanity Checks for Saliency Maps*): replace
+   the trained weights by random ones, from the logits down, one block at a time (the *cascade*). A map that
+   explains the model must change; a map that stays the same shows the image (its edges), not the model.
+2. **Faithfulness by deletion and insertion** (Petsiuk et al., 2018, *RISE*): delete the pixels in the order
+   the map ranks them and watch the class probability fall — the faster, the better the ranking; or insert them
+   into a blurred copy and watch it rise.
+
+Everything runs offline on the embedded EfficientNet-Lite0 (real ImageNet weights) and the bundled photo."""),
+    ("code", """import numpy as np
+
+import gradsight
+
+model = gradsight.load_model("efficientnet_lite0")
+methods = ["gradient", "grad_cam", "guided_backprop"]"""),
+    ("md", """## 1. Randomise the model, block by block, and compare the maps
+
+`sanity_check` works on a copy: the model's blocks (the classifier first, then the head, the seven stages,
+the stem) are re-initialised with their own initialisers, seeded, one more block each step. Each randomised
+map is compared with the original by the paper's four similarities; here the Spearman rank correlation of
+|map| (1: the same ranking of pixels; 0: unrelated)."""),
+    ("code", """report = gradsight.sanity_check(model, methods=methods, seed=0)
+print("explained class:", int(report.targets[0]), "(water ouzel); blocks randomised, top first:")
+print("   ", ", ".join(report.blocks))
+print(f"{'step':>26s} " + " ".join(f"{m:>16s}" for m in methods))
+for s, block in enumerate(report.steps):
+    values = " ".join(f"{report.scores[m]['spearman_abs'][s, 0]:16.2f}" for m in methods)
+    print(f"{'down to ' + block:>26s} {values}")"""),
+    ("md", """The paper's picture: rows are methods, columns the original map and the maps as more and more of the
+network is randomised (each map scaled on its own, as in the paper). Under each map, its rank correlation with
+the original."""),
+    ("code", """gradsight.sanity_figure(report)"""),
+    ("md", """The gradient changes as soon as the classifier is randomised and keeps changing all the way down;
+Grad-CAM's coarse map changes too. Guided backprop keeps the *same* picture while the classifier, the head and
+the last stage — about a third of the weights — are random: its map does not depend on them. It changes only
+when the lowest blocks, which draw its edge picture, are randomised. The curves below average the similarity
+over the steps; the verdict compares that average (the area under the curve) with the threshold 0.5."""),
+    ("code", """gradsight.similarity_curves_figure(report)"""),
+    ("code", """gradient = report.scores["gradient"]["spearman_abs"][:, 0]
+guided = report.scores["guided_backprop"]["spearman_abs"][:, 0]
+for m in methods:
+    verdict = "depends on the weights" if report.verdicts()[m] else "barely changes: fails the check"
+    print(f"{m:16s} mean similarity {report.mean_similarity(m):.2f}, "
+          f"after every block {report.final_similarity(m):+.2f} -> {verdict}")
+assert report.verdicts() == {"gradient": True, "grad_cam": True, "guided_backprop": False}
+assert gradient[0] < 0.8 and gradient[-1] < 0.15      # changes at once, and completely
+assert (guided[:4] > 0.95).all()                        # classifier, head, last stage random: the same map
+assert report.mean_similarity("grad_cam") < 0.35"""),
+    ("md", """## 2. The random-logit check
+
+The same question for the *class*: the map of a random other class should differ from the map of the
+explained class, if the map is about that class."""),
+    ("code", """other = int(report.random_classes[0])
+for m in methods:
+    print(f"{m:16s} Spearman |map| of class {other} vs class 20: {report.random_logit[m]['spearman_abs'][0]:.3f}")
+assert report.random_logit["guided_backprop"]["spearman_abs"][0] > 0.98   # the same map for any class
+assert report.random_logit["gradient"]["spearman_abs"][0] < 0.8"""),
+    ("md", """## 3. Faithfulness: delete or insert pixels in the map's order
+
+Deletion sets pixels (all three channels) to zero in model-input space — the mean colour for this model's
+normalisation — in the order of the map, 896 pixels per step (56 steps); insertion puts them back into RISE's
+blurred copy. The score is the probability of class 20. The area under the curve (over the fraction of
+pixels, in [0, 1]) summarises it: low for deletion, high for insertion. A random pixel order is the floor.
+
+We compare the gradient with Integrated Gradients, whose baseline here is the same all-zero input that deletion
+fills in: IG's attributions add up (to the quadrature's precision) to the change of the logit when every pixel
+is deleted."""),
+    ("code", """runs = [gradsight.faithfulness(model, method=m, metric=metric, steps=56)
+        for metric in ("deletion", "insertion") for m in ("gradient", "integrated_gradients")]
+for r in runs:
+    print(f"{r.metric:9s} {r.method:22s} AUC {r.auc[0]:.3f}   random order {r.random_auc[0]:.3f}")
+gradsight.faithfulness_figure(runs)"""),
+    ("code", """auc = {(r.metric, r.method): r.auc[0] for r in runs}
+floor = {r.metric: r.random_auc[0] for r in runs}
+assert auc["deletion", "integrated_gradients"] < 0.25 < floor["deletion"]      # far below the random floor
+assert abs(auc["deletion", "gradient"] - floor["deletion"]) < 0.05            # the gradient: no better than chance
+assert auc["insertion", "integrated_gradients"] > auc["insertion", "gradient"] > floor["insertion"]"""),
+    ("md", """The gradient ranks pixels by how sensitive the score is to them, not by how much they contribute: deleting
+its top pixels is no better than deleting random ones. Integrated Gradients ranks by contribution, and wins —
+helped by sharing the deletion baseline, which is the metric's known bias toward methods built on the same
+reference. Insertion starts high here (the blurred ouzel is still an ouzel, p ≈ 0.8), so it separates methods
+less.
+
+**Conventions**, stated because libraries differ: our AUC is normalised (trapezoid over the fraction of pixels,
+the intact image included); Quantus' `PixelFlipping` returns `np.trapz(curve, dx=1)` over its steps without
+the intact point, so ours = (Quantus + (c0 + c1)/2) / steps. Quantus perturbs single elements (channel ×
+pixel) and fills "black" with the image minimum; we move whole pixels to zero. Quantus' `MPRT` randomises
+every module with `reset_parameters`, re-seeding with the same seed before each; we randomise blocks. The
+tests check both against Quantus where these conventions are aligned."""),
+]
+
+
 def build(cells) -> nbformat.NotebookNode:
     notebook = new_notebook()
     notebook.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells]
@@ -306,6 +402,7 @@ def main() -> None:
     nbformat.write(build(NODE_GRADIENTS), folder / "02_inner_node_gradients.ipynb")
     nbformat.write(build(RECEPTIVE_FIELD), folder / "03_receptive_field.ipynb")
     nbformat.write(build(ATTRIBUTION), folder / "04_attribution_methods.ipynb")
+    nbformat.write(build(TRUST), folder / "05_can_we_trust_the_map.ipynb")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,14 @@ import os
 import warnings
 from pathlib import Path
 
-from ..errors import BadInputError, MissingDependencyError, UnknownNameError, WeightsUnavailableError
-from ..models.spec import LoadedModel, ModelSpec
-from ..preprocess import Preprocess
+from ...errors import BadInputError, MissingDependencyError, UnknownNameError, WeightsUnavailableError
+from ...models.spec import LoadedModel, ModelSpec
+from ...preprocess import Preprocess
+from .backend import import_keras
 
-SEED_KERNELS = (5, 5, 3, 3, 3, 3)
-SEED_STRIDES = (1, 2, 1, 2, 1, 2)
-SEED_CHANNELS = (16, 16, 32, 32, 64, 64)
-SEED_INPUT = (1, 128, 128)
+# copy_seed_weights lives in zoo.py; it is re-exported here for the importers that still reach it here
+# (tests/adapters, tests/methods, tests/evaluation, bench, tools): point them at .zoo, then drop it.
+from .zoo import SEED_INPUT, copy_seed_weights, keras_seed_cnn  # noqa: F401
 
 #: keras.applications.resnet.preprocess_input ("caffe"): RGB -> BGR, minus the ImageNet means, no scaling;
 #: the exercise loads photos with keras.utils.load_img(target_size=(224, 224)): a plain nearest resize.
@@ -65,44 +65,6 @@ def application_preprocess(family: str, size: tuple[int, int]) -> Preprocess:
         return Preprocess(resize=size, crop=None, interpolation="nearest")
     return Preprocess(resize=size, crop=None, interpolation="nearest", mean=(0.0,) * 3, std=(1.0,) * 3,
                       pixel_max=1.0)
-
-
-def _keras():
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from . import avoid_triton_tensorflow_clash
-
-    avoid_triton_tensorflow_clash("tensorflow")
-    try:
-        import keras
-    except ImportError as err:
-        raise MissingDependencyError("Keras models need the extra: pip install 'gradsight[keras]'") from err
-    return keras
-
-
-def keras_seed_cnn(seed: int = 0, classes: int = 10):
-    """The exercise's CNN in Keras: Conv2D(padding='same', activation='relu') L1..L6, global average pooling,
-    Dense softmax. Glorot-uniform kernels seeded from ``seed``, zero biases (Keras' defaults)."""
-    keras = _keras()
-    inputs = keras.Input(shape=(SEED_INPUT[1], SEED_INPUT[2], SEED_INPUT[0]), name="image")
-    x = inputs
-    for i, (k, s, c) in enumerate(zip(SEED_KERNELS, SEED_STRIDES, SEED_CHANNELS), start=1):
-        x = keras.layers.Conv2D(c, k, strides=s, padding="same", activation="relu", name=f"L{i}",
-                                kernel_initializer=keras.initializers.GlorotUniform(seed=seed * 100 + i))(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(classes, activation="softmax", name="dense",
-                                 kernel_initializer=keras.initializers.GlorotUniform(seed=seed * 100 + 7))(x)
-    return keras.Model(inputs, outputs, name="seed_cnn")
-
-
-def copy_seed_weights(torch_net, keras_model) -> None:
-    """Give a Keras seed CNN the weights of a PyTorch one (OIHW kernels become HWIO)."""
-    for i in range(1, 7):
-        conv = getattr(torch_net, f"L{i}").conv
-        keras_model.get_layer(f"L{i}").set_weights([conv.weight.detach().permute(2, 3, 1, 0).numpy(),
-                                                     conv.bias.detach().numpy()])
-    dense = torch_net.head.dense
-    keras_model.get_layer("dense").set_weights([dense.weight.detach().T.numpy(), dense.bias.detach().numpy()])
 
 
 def _load_weights(model, path: Path):
@@ -156,7 +118,7 @@ def _decodes(head: bytes) -> bool:
 
 
 def _read_weights(model, path: Path) -> None:
-    keras = _keras()
+    keras = import_keras()
     if path.suffix == ".keras":
         loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
         model.set_weights(loaded.get_weights())
@@ -187,7 +149,7 @@ def _names_for(classes: int):
     if classes != 1000:
         return None
     try:
-        from ..models.imagenet import imagenet_class_names
+        from ...models.imagenet import imagenet_class_names
 
         return imagenet_class_names()
     except MissingDependencyError:
@@ -198,7 +160,7 @@ def load_keras_model(name: str, *, weights: str | Path | None = None, download: 
                      architecture_only: bool = False) -> LoadedModel:
     """``keras:seed-cnn``, ``keras:resnet50`` (with its "caffe" preprocessing) or ``keras:NAME`` of
     keras.applications. ``architecture_only`` skips weights (enough for receptive fields)."""
-    keras = _keras()
+    keras = import_keras()
     base = name.split(":", 1)[1] if ":" in name else name
     if base == "seed-cnn":
         model = keras_seed_cnn()

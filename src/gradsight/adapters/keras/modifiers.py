@@ -1,19 +1,16 @@
-"""Keras 3 primitives of the attribution family: forward-only scores, layer gradients, modified copies.
+"""Modified copies of a Keras model: guided-backprop and deconvnet ReLUs, linearised activations, or chosen
+layers' weights drawn again. The user's model is never touched.
 
 Example:
     >>> import keras, numpy as np                                                    # doctest: +SKIP
     >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
     ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])  # doctest: +SKIP
-    >>> predict(model, np.zeros((5, 8, 8, 3), np.float32)).shape                      # doctest: +SKIP
-    (5, 2)
-    >>> guided = modified_copy(model, "guided")       # the user's model is untouched  # doctest: +SKIP
+    >>> guided = modified_copy(model, "guided")       # same forward, guided ReLU backward  # doctest: +SKIP
+    >>> random = modified_copy(model, "reinit", layers=[-1], seed=0)     # the last layer re-drawn  # doctest: +SKIP
 
-Arrays cross channels last (N, H, W, C), as Keras itself works. Models run with ``training=False``. Scores are
-read as ``KerasAdapter.class_score_gradient`` reads them: a final softmax is stepped over when the data show
-that the output is softmax of what the last operation reads (a Dense with a softmax activation, a Softmax or
-Activation layer, ``keras.ops.softmax``, a Lambda); output rows that are probabilities otherwise are never
-called logits. The rules of ``modified_copy`` are ``gradsight.adapters.base.MODIFY_RULES``; copies are built
-with ``clone_model`` from Functional and Sequential models (nested ones included) and get the model's weights.
+The rules of ``modified_copy`` are ``gradsight.adapters.common.MODIFY_RULES``; copies are built with
+``clone_model`` from Functional and Sequential models (nested ones included) and get the model's weights. A
+final softmax is kept: the passes of ``gradients.py`` step over it in the copy as in the model.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from __future__ import annotations
 import inspect
 import math
 import re
-import weakref
 import zlib
 from collections.abc import Sequence
 
@@ -29,270 +25,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..errors import BadInputError, GradsightError, UnknownNameError
-from .base import MODIFY_RULES, LayerGradient, resolve_targets, rows_are_probabilities
-from .keras import KerasAdapter
+from ...errors import BadInputError, GradsightError, UnknownNameError
+from ..common import MODIFY_RULES
+from .layers import as_batch, innermost_final_operation, require_graph, require_graph_model, resolve_layer, walk_layers
+from .scores import is_softmax, is_softmax_operation
 
-SCORES = ("logit", "prob", "logprob")
-_TINY = np.finfo(np.float32).tiny  # log of a probability that underflowed to 0, as class_score_gradient takes it
-_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer name or None: _Pass}
-
-
-# --- inputs and scores -----------------------------------------------------------------------------------
-
-
-def _graph_io(model):
-    try:
-        inputs, outputs = model.inputs, model.outputs
-    except (AttributeError, ValueError):
-        return None
-    return (inputs, outputs) if inputs and outputs else None
-
-
-def _require_graph(model, purpose: str):
-    """The model's single (input, output) pair; refuses unbuilt, subclassed and multi-input/output models."""
-    if not isinstance(model, keras.Model):
-        raise BadInputError("model", expected="a keras.Model", got=f"a {type(model).__name__}")
-    io = _graph_io(model)
-    if io is None and isinstance(model, keras.Sequential):
-        raise BadInputError("Keras model", expected="a built model (with an Input)", got="an unbuilt Sequential "
-                            "model", fix="call it once on data or start it with keras.Input")
-    if io is None:
-        raise BadInputError("Keras model", expected=f"a functional or Sequential model for {purpose} (it needs "
-                            "the graph of layers)", got=f"a subclassed model ({type(model).__name__}) whose layers "
-                            "are wired inside call()", fix="build the same layers with keras.Model(inputs, outputs)")
-    if len(io[0]) != 1 or len(io[1]) != 1:
-        raise BadInputError("Keras model", expected="one input and one output",
-                            got=f"{len(io[0])} inputs and {len(io[1])} outputs",
-                            fix="pass keras.Model(model.inputs[i], model.outputs[j]) for the pair to explain")
-    return io[0][0], io[1][0]
-
-
-def _as_batch(model, inputs) -> np.ndarray:
-    """``inputs`` as a float32 array whose shape fits the model's Input (channels last), or one clear error."""
-    x = np.asarray(inputs, dtype=np.float32)
-    io = _graph_io(model)
-    wanted = tuple(io[0][0].shape)[1:] if io is not None and len(io[0]) == 1 else None
-    if wanted is not None and (x.ndim != len(wanted) + 1 or any(w not in (None, g)
-                                                                 for w, g in zip(wanted, x.shape[1:]))):
-        dims = ", ".join("any" if w is None else str(w) for w in wanted)
-        raise BadInputError("model input", expected=f"arrays of shape (N, {dims}) (the model's Input, channels "
-                            "last)", got=f"shape {x.shape}", fix="pass input the model was built for")
-    return x
-
-
-def _final_step(model, output):
-    """(Dense layer or None, the tensor a final softmax would read) when the model's output comes from one
-    operation reading one tensor: a Dense with a softmax activation, or one whose input is shaped like the
-    output (Softmax or Activation layer, keras.ops.softmax, Lambda). (None, None) otherwise. Whether the
-    operation IS a softmax is decided on the data (``_is_softmax_of``), not from names."""
-    op = _producer(model, output) if len(output.shape) == 2 else None
-    try:
-        source = op.input if op is not None else None
-    except (AttributeError, ValueError, RuntimeError):  # a shared layer has no single input
-        source = None
-    if not isinstance(source, keras.KerasTensor):
-        return None, None
-    if isinstance(op, keras.layers.Dense) and _is_softmax(getattr(op, "activation", None)):
-        return op, source
-    return (None, source) if tuple(source.shape) == tuple(output.shape) else (None, None)
-
-
-def _producer(model, tensor):
-    """The layer or keras.ops operation of ``model`` whose output is ``tensor``, or None."""
-    for op in reversed(getattr(model, "operations", None) or model.layers):
-        try:
-            if op.output is tensor:
-                return op
-        except (AttributeError, ValueError, RuntimeError):  # shared layers have no single output
-            continue
-    return None
-
-
-def _is_softmax(activation) -> bool:
-    return getattr(activation, "__name__", "") == "softmax"
-
-
-def _dense_logits(dense, features):
-    z = tf.matmul(features, dense.kernel)
-    return z + dense.bias if dense.use_bias else z
-
-
-def _is_softmax_of(scores: np.ndarray, output: np.ndarray) -> bool:
-    z = np.asarray(scores, dtype=np.float64)
-    if z.shape != np.shape(output) or not np.isfinite(z).all():
-        return False
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return bool(np.allclose(e / e.sum(axis=1, keepdims=True), output, rtol=1e-4, atol=1e-6))
-
-
-class _Pass:
-    """One forward pass giving a layer's output (optional), the model's output and a final softmax's input."""
-
-    def __init__(self, model, layer=None):
-        if layer is None and isinstance(model, keras.Model) and not isinstance(model, keras.Sequential) \
-                and _graph_io(model) is None:  # subclassed: no graph to look into, its output as it is
-            self.dense, self.stepped, self.graph = None, False, model
-            return
-        _, output = _require_graph(model, "layer gradients" if layer is not None else "scores")
-        self.dense, source = _final_step(model, output)
-        self.stepped = source is not None
-        wanted = ([layer.output] if layer is not None else []) + [output] + ([source] if self.stepped else [])
-        self.graph = keras.Model(model.inputs, wanted)
-
-    def __call__(self, x):
-        """[layer output,] output, scores: the softmax's input, or the output again when nothing to step over."""
-        out = self.graph(x, training=False)
-        out = list(out) if isinstance(out, (list, tuple)) else [out]
-        if self.stepped:
-            out[-1] = _dense_logits(self.dense, out[-1]) if self.dense is not None else out[-1]
-        else:
-            out.append(out[-1])
-        return out
-
-
-def _pass_for(model, name=None, layer=None) -> _Pass:
-    per_model = _PASSES.setdefault(model, {})
-    if name not in per_model:
-        per_model[name] = _Pass(model, layer)
-    return per_model[name]
-
-
-def _reading(output: np.ndarray, scores: np.ndarray, stepped: bool) -> str:
-    """'step': the scores are logits whose softmax is the output; else how to read the output itself."""
-    if stepped and _is_softmax_of(scores, output):
-        return "step"
-    return "probabilities" if rows_are_probabilities(output) else "logits"
-
-
-def _check_finite(scores: np.ndarray) -> None:
-    if scores.ndim != 2 or not np.isfinite(scores).all():
-        raise BadInputError("model output", expected="finite class scores of shape (N, classes)",
-                            got=f"shape {scores.shape}" if scores.ndim != 2 else "NaN or infinity")
-
-
-def predict(model: keras.Model, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Pre-softmax class scores (N, K), float32, forward only, ``batch_size`` inputs at a time.
-
-    Example:
-        >>> predict(model, x, batch_size=16).argmax(axis=1)       # the predicted classes   # doctest: +SKIP
-
-    A model whose output rows are probabilities with no softmax to step over gives log(probabilities), as
-    ``class_score_gradient`` does: scores whose softmax is the model's output.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise BadInputError("batch_size", expected="a positive integer", got=repr(batch_size))
-    run = _pass_for(model)
-    x = _as_batch(model, inputs)
-    outputs, scores = [], []
-    for start in range(0, len(x), batch_size):
-        output, score = run(tf.convert_to_tensor(x[start:start + batch_size]))
-        outputs.append(np.asarray(output, np.float32))
-        scores.append(np.asarray(score, np.float32))
-    if not outputs:
-        return np.zeros((0, model.outputs[0].shape[-1]), np.float32)
-    output, scores = np.concatenate(outputs), np.concatenate(scores)
-    reading = _reading(output, scores, run.stepped)
-    result = scores if reading == "step" else np.log(np.maximum(output, _TINY)) if reading == "probabilities" \
-        else output
-    _check_finite(result)
-    return result
-
-
-def _probabilities_refused() -> BadInputError:
-    return BadInputError("model output", expected="class logits (pre-softmax scores)",
-                         got="rows that sum to 1 (probabilities) and no softmax layer to step over, so 'logit' "
-                             "would differentiate a probability",
-                         fix="end the model in its logits, or pass score='prob' (or 'logprob')")
-
-
-def _select(scores, reading: str, chosen, score: str):
-    """score[target] per row; ``reading`` 'probabilities': ``scores`` holds the model's probabilities."""
-    if reading == "probabilities":
-        if score == "logit":
-            raise _probabilities_refused()
-        scores = scores if score == "prob" else tf.math.log(tf.maximum(scores, _TINY))
-    elif score == "prob":
-        scores = tf.nn.softmax(scores, axis=1)
-    elif score == "logprob":
-        scores = tf.nn.log_softmax(scores, axis=1)
-    return tf.gather(scores, chosen, axis=1, batch_dims=1)
-
-
-def _times_used(model, name: str) -> int:
-    """How often the model's own graph calls the layer (the layer's ``output`` is only its first call)."""
-    if isinstance(model, keras.Sequential):
-        return 1
-    try:
-        entries = model.get_config().get("layers", [])
-    except (NotImplementedError, TypeError, ValueError):
-        return 1
-    return next((len(e.get("inbound_nodes", [])) or 1 for e in entries if e.get("name") == name), 1)
-
-
-def _layer_pass(model, name: str, layer) -> _Pass:
-    if name in _PASSES.get(model, {}):
-        return _PASSES[model][name]
-    output = layer.output
-    shape = None if isinstance(output, (list, tuple, dict)) else tuple(output.shape)
-    if shape is None or len(shape) != 4:
-        got = "several outputs" if shape is None else f"output of shape {shape}"
-        raise BadInputError(f"layer {name!r}", expected="a spatial feature map (N, rows, cols, channels)",
-                            got=got, fix="pick a convolutional layer (see `gradsight rf MODEL`)")
-    uses = _times_used(model, name)
-    if uses > 1:
-        raise BadInputError(f"layer {name!r}", expected="a layer the model calls once",
-                            got=f"a layer called {uses} times (its activations are ambiguous)",
-                            fix="pick a layer applied once, e.g. the one after it")
-    try:
-        return _pass_for(model, name, layer)
-    except ValueError as err:
-        if isinstance(err, BadInputError):
-            raise
-        raise BadInputError(f"layer {name!r}", expected="a layer on the path from the model's input to its output",
-                            got=str(err).splitlines()[0], fix="pick a layer listed by `gradsight rf MODEL`") from None
-
-
-def layer_gradient(model: keras.Model, layer, inputs: np.ndarray, targets: Sequence[int | None],
-                   score: str = "logit") -> LayerGradient:
-    """Activations A of ``layer`` (N, h, w, c) and d score[target] / dA, one forward and one backward pass.
-
-    Example:
-        >>> g = layer_gradient(model, "conv5_block3_out", x, [None])          # doctest: +SKIP
-        >>> cam = np.maximum((g.gradient.mean(axis=(1, 2), keepdims=True) * g.activations).sum(-1), 0)  # doctest: +SKIP
-
-    ``layer``: a name, an index among the model's layers or the layer itself (as ``KerasAdapter.resolve_layer``).
-    ``logits`` are read as by ``predict``.
-    """
-    if score not in SCORES:
-        raise BadInputError("score", expected="'logit', 'prob' or 'logprob'", got=repr(score))
-    _require_graph(model, "layer gradients")
-    name, found = KerasAdapter().resolve_layer(model, layer)
-    run = _layer_pass(model, name, found)
-    x = _as_batch(model, inputs)
-    targets = list(targets)
-    if len(targets) != len(x):
-        raise BadInputError("targets", expected=f"one per input ({len(x)})", got=f"{len(targets)} targets")
-    classes = model.outputs[0].shape[-1]
-    resolve_targets(targets, classes)  # range check before any work
-    xt = tf.convert_to_tensor(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)  # records the whole pass, also through frozen (non-trainable) weights
-        activations, output, scores = run(xt)
-        reading = _reading(np.asarray(output), np.asarray(scores), run.stepped)
-        read = scores if reading == "step" else output
-        logits = np.asarray(read) if reading != "probabilities" else np.log(np.maximum(np.asarray(read), _TINY))
-        _check_finite(logits)
-        chosen = resolve_targets(targets, classes, logits)
-        total = tf.reduce_sum(_select(read, reading, tf.constant(chosen, tf.int32), score))
-    gradient = tape.gradient(total, activations)
-    if gradient is None:
-        raise BadInputError(f"layer {name!r}", expected="a layer the class scores depend on",
-                            got="a layer the scores do not depend on", fix="pick a layer before the classifier")
-    return LayerGradient(np.asarray(activations, np.float32), np.asarray(gradient, np.float32),
-                         logits.astype(np.float32), np.asarray(chosen, dtype=np.int64))
-
-# --- modified copies --------------------------------------------------------------------------------------
+# --- guided and deconvnet copies --------------------------------------------------------------------------
 
 _SCOPE = "gradsight_rule"  # name scope of the rule's own forward ops: the graph check skips them
 _IN_SCOPE = re.compile(rf"{_SCOPE}(_\d+)?")
@@ -301,42 +39,11 @@ _SMOOTH_OPS = {"Elu", "Selu", "Sigmoid", "Tanh", "Softplus", "Softsign", "Erf", 
 _ALIASES = {"silu": "silu (swish)", "hard_silu": "hard_silu (hard_swish)"}
 
 
-def _is_graph_model(model) -> bool:
-    return isinstance(model, keras.Sequential) or any(c.__name__ == "Functional" for c in type(model).__mro__)
-
-
-def _require_graph_model(model, what: str = "Keras model") -> None:
-    if not isinstance(model, keras.Model):
-        raise BadInputError(what, expected="a keras.Model", got=f"a {type(model).__name__}")
-    if not _is_graph_model(model):
-        raise BadInputError(what, expected="a Functional or Sequential model (copies are built layer by layer)",
-                            got=f"a subclassed model ({type(model).__name__}) whose call() gradsight cannot copy",
-                            fix="rebuild it with keras.Model(inputs, outputs) or keras.Sequential")
-
-
-def _walk(model, prefix: str = ""):
-    """(path, layer) for every layer, nested models included ('outer/inner'), input layers left out."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        path = prefix + layer.name
-        yield path, layer
-        if isinstance(layer, keras.Model):
-            yield from _walk(layer, path + "/")
-
-
-def _final_op(model):
-    """The layer or operation making the model's output (the last one inside a nested model), or None."""
-    io = _graph_io(model)
-    op = _producer(model, io[1][0]) if io is not None and len(io[1]) == 1 else None
-    return _final_op(op) if isinstance(op, keras.Model) else op
-
-
 def _ends_in_softmax(op) -> bool:
     """Whether the final operation may be the one softmax the model is allowed: a softmax activation or layer,
     keras.ops.softmax, or a Lambda (its content is unknown; the traced graph then allows one Softmax op)."""
-    return _is_softmax(getattr(op, "activation", None)) or isinstance(op, (keras.layers.Softmax, keras.layers.Lambda)) \
-        or (type(op).__name__ == "Softmax" and type(op).__module__.startswith("keras."))
+    return is_softmax(getattr(op, "activation", None)) or isinstance(op, keras.layers.Lambda) \
+        or is_softmax_operation(op)
 
 
 def _relu_params(activation) -> tuple[float, float, float] | None:
@@ -421,9 +128,9 @@ def _first(names: list[str], limit: int = 3) -> str:
 
 def _scan_activations(model, rule: str) -> int:
     """Count the ReLU-family activations; refuse, by name, every other activation but a final softmax."""
-    final = _final_op(model)
+    final = innermost_final_operation(model)
     found, other = 0, {}  # activation name -> where it is
-    for path, layer in _walk(model):
+    for path, layer in walk_layers(model):
         if isinstance(layer, keras.Model):
             continue
         if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU)):
@@ -442,7 +149,7 @@ def _scan_activations(model, rule: str) -> int:
                 continue
             if key == "activation" and _relu_params(activation) is not None:
                 found += 1
-            elif not (key == "activation" and layer is final and _is_softmax(activation)):
+            elif not (key == "activation" and layer is final and is_softmax(activation)):
                 where = repr(path) + ("" if key == "activation" else f" ({key})")
                 other.setdefault(_activation_name(activation), []).append(where)
     if other:
@@ -455,7 +162,7 @@ def _scan_activations(model, rule: str) -> int:
 
 def _clone_layer(layer):
     if isinstance(layer, keras.Model):  # Functional and Sequential ones are cloned by clone_model itself
-        _require_graph_model(layer, f"nested model {layer.name!r}")
+        require_graph_model(layer, f"nested model {layer.name!r}")
     config = layer.get_config()
     if type(layer) is keras.layers.Lambda:
         # from_config would rebuild the function from its bytecode (refused in safe mode): reuse the live one
@@ -535,7 +242,7 @@ def _check_traced(copy, model, rule: str) -> None:
     wrong map. Models made only of plain Keras layers (the scan has seen all their activations) skip the trace."""
     if all(type(op) in _PLAIN_LAYERS or isinstance(op, (keras.Model, RuleActivation)) for op in _graph_ops(copy)):
         return
-    final_softmax = int(_ends_in_softmax(_final_op(model)))
+    final_softmax = int(_ends_in_softmax(innermost_final_operation(model)))
     relus, smooth, softmaxes = [], [], []
     for kind, name in _forward_ops(copy):
         if any(_IN_SCOPE.fullmatch(part) for part in name.split("/")):
@@ -577,12 +284,48 @@ def _rule_copy(model, rule: str, probe) -> keras.Model:
                             got="a model with no ReLU, ReLU6 or LeakyReLU activation",
                             fix="use a method that needs no ReLU (e.g. gradient, integrated_gradients)")
     if probe is not None:
-        x = tf.convert_to_tensor(_as_batch(model, probe)[:1])
+        x = tf.convert_to_tensor(as_batch(model, probe)[:1])
         ours, theirs = np.asarray(copy(x, training=False)), np.asarray(model(x, training=False))
         if not np.allclose(ours, theirs, rtol=1e-5, atol=1e-6 * max(float(np.abs(theirs).max()), 1.0)):
             raise GradsightError(f"the {rule} copy's forward pass differs from the model's on the probe "
                                  f"(max difference {np.abs(ours - theirs).max():.3g}); please report this model")
     return copy
+
+
+# --- linearised copies ------------------------------------------------------------------------------------
+
+
+def _linear_layer(layer):
+    config = layer.get_config()
+    if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU, keras.layers.Softmax,
+                          keras.layers.Activation)):
+        return keras.layers.Activation("linear", name=layer.name)
+    if isinstance(layer, keras.layers.MaxPooling2D):
+        return keras.layers.AveragePooling2D(pool_size=config["pool_size"], strides=config["strides"],
+                                             padding=config["padding"], name=layer.name)
+    if isinstance(layer, keras.layers.MaxPooling1D):
+        return keras.layers.AveragePooling1D(pool_size=config["pool_size"], strides=config["strides"],
+                                             padding=config["padding"], name=layer.name)
+    if "activation" in config and config["activation"] not in ("linear", None):
+        config["activation"] = "linear"
+    return layer.__class__.from_config(config)
+
+
+def linearised_copy(model: keras.Model) -> keras.Model:
+    """A copy with linear activations and average- instead of max-pooling, same weights: its gradients show
+    every pixel a unit's field reaches (no ReLU switched off, no max routing the gradient to one input).
+
+    Example:
+        >>> linear = linearised_copy(model)       # model(x) is unchanged; linear(x) is affine in x  # doctest: +SKIP
+    """
+    clone = keras.models.clone_model(model, clone_function=_linear_layer, recursive=True)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def parameter_blocks(model: keras.Model) -> list[str]:
+    """Layers with weights, top (logits) first: the blocks a sanity check re-initialises."""
+    return [layer.name for layer in model.layers if layer.weights][::-1]
 
 
 # --- re-initialised copies --------------------------------------------------------------------------------
@@ -600,7 +343,7 @@ def _layer_path(model, entry, paths: dict) -> str:
                 return path
         raise BadInputError("layer", expected="a layer of the model", got=entry.name)
     if isinstance(entry, int) and not isinstance(entry, bool):
-        return KerasAdapter().resolve_layer(model, entry)[0]
+        return resolve_layer(model, entry)[0]
     if isinstance(entry, str):
         if entry in paths:
             return entry
@@ -645,11 +388,11 @@ def _reinit_copy(model, layers: Sequence, seed) -> keras.Model:
     layers = [layers] if isinstance(layers, (str, keras.layers.Layer)) else list(layers)
     if not layers:
         raise BadInputError("layers", expected="at least one layer to re-initialise", got="none")
-    paths = dict(_walk(model))
+    paths = dict(walk_layers(model))
     chosen = list(dict.fromkeys(_layer_path(model, entry, paths) for entry in layers))
     copy = keras.models.clone_model(model, clone_function=_clone_layer, recursive=True)
     _copy_weights(model, copy)
-    copied = dict(_walk(copy))
+    copied = dict(walk_layers(copy))
     for path in chosen:
         inside = [(p, layer) for p, layer in copied.items()
                   if (p == path or p.startswith(path + "/")) and not isinstance(layer, keras.Model)]
@@ -674,17 +417,17 @@ def modified_copy(model: keras.Model, rule: str, *, layers: Sequence = (), seed:
     inside Lambda or custom layers (found in a traced forward pass). ``probe`` (inputs, optional) checks that
     the copy's forward equals the model's. "reinit": the named layers (names, 'outer/inner' paths, indices or
     layers) are drawn again from their own initializers, seeded from ``seed`` (same seed, same copy).
-    "linearised": activations as identities, max-pooling as average (``KerasAdapter.linearised_copy``).
+    "linearised": activations as identities, max-pooling as average (``linearised_copy``).
     """
     if rule not in MODIFY_RULES:
         raise BadInputError("rule", expected=f"one of {', '.join(MODIFY_RULES)}", got=repr(rule))
-    _require_graph(model, "modified copies")
-    _require_graph_model(model)
+    require_graph(model, "modified copies")
+    require_graph_model(model)
     if rule != "reinit" and layers:
         raise BadInputError("layers", expected=f"no layers for rule {rule!r} (it changes the whole model)",
                             got=f"{len(layers)} layer(s)", fix="pass layers only with rule='reinit'")
     if rule == "linearised":
-        return KerasAdapter().linearised_copy(model)
+        return linearised_copy(model)
     if rule == "reinit":
         return _reinit_copy(model, layers, seed)
     return _rule_copy(model, rule, probe)

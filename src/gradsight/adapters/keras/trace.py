@@ -18,9 +18,10 @@ import math
 
 import keras
 
-from ..errors import BadInputError, UnsupportedGeometryError
-from ..receptive.algebra import AxisField, Field, LayerGeometry
-from ..receptive.report import FieldReport, LayerField
+from ...errors import BadInputError, UnsupportedGeometryError
+from ...receptive.algebra import Field, LayerGeometry
+from ...receptive.report import FieldReport, LayerField
+from .layers import require_graph
 
 L = keras.layers
 _PER_POSITION = (L.BatchNormalization, L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax, L.Dropout,
@@ -150,9 +151,7 @@ class _Walker:
 
 def trace_fields(model, input_shape: tuple[int, ...], name: str | None = None) -> FieldReport:
     """Receptive fields of every layer of a Keras ``model`` for an input of (channels, rows[, cols])."""
-    from .keras import _single_io
-
-    _single_io(model)
+    require_graph(model)
     sizes = tuple(int(n) for n in input_shape[1:])
     declared = model.inputs[0].shape[1:-1]
     if any(d is not None and d != s for d, s in zip(declared, sizes)):
@@ -163,5 +162,3 @@ def trace_fields(model, input_shape: tuple[int, ...], name: str | None = None) -
     walker.walk(model, fields)
     return FieldReport(name or model.name, sizes, tuple(walker.layers))
 
-
-__all__ = ["AxisField", "trace_fields"]
