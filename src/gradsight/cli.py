@@ -77,10 +77,12 @@ def _parser() -> argparse.ArgumentParser:
 
     from .commands import evaluation, methods
     from .explorer.cli import add_parser as add_explore
+    from .runs.cli import add_parser as add_runs
 
     methods.add_parser(commands)
     evaluation.add_parsers(commands, DEFAULT_MODEL)
     add_explore(commands)
+    add_runs(commands)
     return parser
 
 
