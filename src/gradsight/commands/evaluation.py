@@ -76,8 +76,8 @@ def run_sanity(args) -> int:
                           seed=args.seed, method_options=options)
     print(f"model {report.model_name}: {len(report.blocks)} blocks randomised ({report.order}), seed {args.seed}")
     for method, depends in report.verdicts().items():
-        final = report.final_similarity(method)
-        print(f"  {method:22s} rank correlation of |map| after randomising: {final:+.3f} -> "
+        final = report.mean_similarity(method)
+        print(f"  {method:22s} mean rank correlation of |map| over the randomisation: {final:+.3f} -> "
               + ("depends on the weights" if depends else "barely changes: it does NOT pass"))
     print(f"  (passes when below {report.threshold:g})")
     files = {"sanity.json": (json.dumps(report.as_dict(), indent=2) + "\n").encode(),
@@ -103,7 +103,7 @@ def run_faithfulness(args) -> int:
     images = image_arguments(list(args.images)) or None
     model = load_model(args.model, weights=args.weights)
     results = [faithfulness(model, images, method=m, metric=metric, steps=args.steps,
-                            seed=args.seed, **options[m]) for m in methods for metric in metrics]
+                            seed=args.seed, method_options=options[m]) for m in methods for metric in metrics]
     for r in results:
         for i in range(len(r.auc)):
             print(f"  {r.metric:9s} {r.method:22s} image {i}: AUC {r.auc[i]:.4f}   random order {r.random_auc[i]:.4f}"
