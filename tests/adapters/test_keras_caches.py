@@ -97,3 +97,30 @@ def test_compiled_passes_read_the_weights_the_model_has_now():
     np.testing.assert_allclose(adapter.unit_gradients(model, "conv", units, x[0], fast=True)[0], unit,
                                rtol=1e-5, atol=1e-6 * np.abs(unit).max())
     assert not np.allclose(gradient, before.gradient) and not np.allclose(unit, before_units)  # new numbers
+
+
+def test_passes_are_rebuilt_when_a_layer_is_edited_in_place():
+    # tf-keras-vis' ReplaceToLinear(clone=False) edits the last layer so: a pass compiled before the edit would
+    # still compute the old activation.
+    x = np.random.default_rng(3).standard_normal((2, 12, 12, 3), dtype=np.float32)
+    model = functional("logits")
+    adapter = adapter_for(model)
+    units = np.array([(r, c, ch) for r in range(5) for c in range(5) for ch in range(4)])  # all of the 5 x 5 x 4 map
+    before = adapter.score_gradient(model, x, [1, 2], fast=True).gradient
+    before_units = adapter.unit_gradients(model, "conv", units, x[0], fast=True)[0]
+    model.get_layer("conv").activation = keras.activations.linear
+    gradient = adapter.score_gradient(model, x, [1, 2], fast=False).gradient
+    unit = adapter.unit_gradients(model, "conv", units, x[0], fast=False)[0]
+    assert not np.allclose(gradient, before) and not np.allclose(unit, before_units)  # the edit matters
+    np.testing.assert_allclose(adapter.score_gradient(model, x, [1, 2], fast=True).gradient, gradient,
+                               rtol=1e-5, atol=1e-6 * np.abs(gradient).max())
+    np.testing.assert_allclose(adapter.unit_gradients(model, "conv", units, x[0], fast=True)[0], unit,
+                               rtol=1e-5, atol=1e-6 * np.abs(unit).max())
+    # A softmax given to the last Dense in place is then stepped over: the same logits and logit gradients.
+    logits = adapter.predict(model, x)
+    model.get_layer("logits").activation = keras.activations.softmax
+    assert np.allclose(np.asarray(model(x)).sum(axis=1), 1.0)
+    np.testing.assert_allclose(adapter.predict(model, x), logits, rtol=1e-5, atol=1e-6)
+    stepped = adapter.score_gradient(model, x, [1, 2], fast=True)
+    np.testing.assert_allclose(stepped.logits, logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stepped.gradient, gradient, rtol=1e-5, atol=1e-6 * np.abs(gradient).max())

@@ -8,10 +8,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+import gradsight  # noqa: E402
 from gradsight.adapters.keras.models import copy_seed_weights, keras_seed_cnn  # noqa: E402
 from gradsight.adapters.torch.zoo import seed_cnn  # noqa: E402
-
-import gradsight  # noqa: E402
 
 # Small, quick settings for the methods that take many passes; the comparison is what matters.
 OPTIONS = {
@@ -96,10 +95,11 @@ def test_grad_cam_equals_tf_keras_vis(pair, inputs):
 def test_grad_cam_pp_matches_tf_keras_vis_once_its_alpha_normalisation_is_applied(pair, inputs):
     """tf-keras-vis divides the Grad-CAM++ alphas by their sum over positions (not in the paper; the paper's form
     is ours and pytorch-grad-cam's). Applying that one step to our activations and gradients gives its map."""
-    from gradsight.adapters.discovery import adapter_for
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
     from tf_keras_vis.utils.scores import CategoricalScore
+
+    from gradsight.adapters.discovery import adapter_for
 
     _, keras_model = pair
     theirs = GradcamPlusPlus(keras_model, model_modifier=ReplaceToLinear(), clone=True)(

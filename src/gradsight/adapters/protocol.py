@@ -67,7 +67,7 @@ class ModelAdapter(Protocol):
 
     def modified_copy(self, model: Any, rule: str, *, layers: Sequence[Any] = (), seed: int = 0,
                       probe: np.ndarray | None = None) -> Any:
-        """A copy of ``model`` under ``rule`` (``base.MODIFY_RULES``): guided or deconvnet ReLU gradients,
+        """A copy of ``model`` under ``rule`` (``common.MODIFY_RULES``): guided or deconvnet ReLU gradients,
         linearised activations, or ``layers`` re-initialised from ``seed``. The user's model is untouched."""
         ...
 

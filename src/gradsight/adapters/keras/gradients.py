@@ -15,7 +15,6 @@ as ``scores.py`` says (a final softmax stepped over on evidence; probabilities n
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 
 import keras
@@ -24,6 +23,7 @@ import tensorflow as tf
 
 from ...errors import BadInputError
 from ..common import LayerGradient, ScoreGradient, resolve_targets
+from .caches import model_cache, revalidate
 from .layers import as_batch, graph_io, require_graph, resolve_layer, times_used
 from .scores import (
     ForwardPass,
@@ -38,19 +38,15 @@ from .scores import (
     select,
 )
 
-# Per model; the values hold the model's ForwardPass, never the model (see scores.py): dropped models are freed.
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(reading, score): tf.function}
-_READINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the reading of its last batch
-
 
 def _gradient_pass(model, forward: ForwardPass, reading: str, score: str, fast: bool):
     """``run(x, targets)`` -> (output, scores, chosen targets, d score / d x), ``targets`` -1 = the predicted
     class; the score is read by ``reading`` (decided before the pass: the caller checks it after). ``fast``: a
     ``tf.function``, compiled once per model, reading and score (equal to the eager pass to rounding)."""
     key = (reading, score)
-    per_model = _COMPILED.setdefault(model, {}) if fast else {}
-    if key in per_model:
-        return per_model[key]
+    compiled = model_cache(model, "compiled") if fast else {}  # holds the ForwardPass, not the model
+    if key in compiled:
+        return compiled[key]
 
     def run(x, targets):
         with tf.GradientTape() as tape:
@@ -66,8 +62,8 @@ def _gradient_pass(model, forward: ForwardPass, reading: str, score: str, fast: 
 
     if not fast:
         return run
-    per_model[key] = tf.function(run, reduce_retracing=True)
-    return per_model[key]
+    compiled[key] = tf.function(run, reduce_retracing=True)
+    return compiled[key]
 
 
 def score_gradient(model: keras.Model, inputs: np.ndarray, targets: Sequence[int | None], score: str = "logit",
@@ -81,6 +77,7 @@ def score_gradient(model: keras.Model, inputs: np.ndarray, targets: Sequence[int
     ``fast``: the pass runs as a ``tf.function`` compiled once per model and score; ``fast=False`` runs eagerly.
     """
     check_score(score)
+    revalidate(model)
     targets = list(targets)
     array = as_batch(model, inputs)
     if len(targets) != len(array):
@@ -93,11 +90,12 @@ def score_gradient(model: keras.Model, inputs: np.ndarray, targets: Sequence[int
     forward = forward_pass(model)
     x = tf.convert_to_tensor(array)
     wanted = tf.constant([-1 if t is None else int(t) for t in targets], dtype=tf.int32)
-    guess = _READINGS.get(model, "step" if may_step(model, forward) else "logits")
+    last = model_cache(model, "reading")  # the reading of the model's last batch: the likely one
+    guess = last.get("last", "step" if may_step(model, forward) else "logits")
     output, scores, chosen, grad = _gradient_pass(model, forward, guess, score, fast)(x, wanted)
     reading = read_as(model, forward, np.asarray(output), np.asarray(scores))
     if reading != guess:
-        _READINGS[model] = reading
+        last["last"] = reading
         if not (reading == "probabilities" and score == "logit"):
             output, scores, chosen, grad = _gradient_pass(model, forward, reading, score, fast)(x, wanted)
     if reading == "probabilities" and score == "logit":
@@ -119,6 +117,7 @@ def predict(model: keras.Model, inputs: np.ndarray, batch_size: int = 64) -> np.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise BadInputError("batch_size", expected="a positive integer", got=repr(batch_size))
+    revalidate(model)
     forward = forward_pass(model)
     x = as_batch(model, inputs)
     outputs, scores = [], []
@@ -171,6 +170,7 @@ def layer_gradient(model: keras.Model, layer, inputs: np.ndarray, targets: Seque
     """
     check_score(score)
     require_graph(model, "layer gradients")
+    revalidate(model)
     name, found = resolve_layer(model, layer)
     forward = _layer_pass(model, name, found)
     x = as_batch(model, inputs)

@@ -13,7 +13,9 @@ guess from names. One batch where it does not hold proves the operation is no so
 read as it is from then on. Output rows that are probabilities with no softmax to step over are never called
 logits: 'logit' is refused, 'prob'/'logprob' differentiate the output / its log, and the logits reported are
 log(probabilities), whose softmax gives the model's probabilities back. Every pass uses these functions:
-``score_gradient``, ``predict`` and ``layer_gradient`` read a model the same way.
+``score_gradient``, ``predict`` and ``layer_gradient`` read a model the same way. Passes are cached per model
+(``caches.py``); a subclassed model's pass calls it through a weak reference, so that the cache never keeps it
+alive.
 """
 
 from __future__ import annotations
@@ -26,15 +28,11 @@ import tensorflow as tf
 
 from ...errors import BadInputError
 from ..common import rows_are_probabilities
+from .caches import model_cache
 from .layers import final_operation, graph_io, require_graph
 
 SCORES = ("logit", "prob", "logprob")
 TINY = np.finfo(np.float32).tiny  # the log of a probability that underflowed to 0 is log(TINY), not -inf
-
-# Caches per model. Their values never hold the model itself (only its layers, or a weak reference), so that a
-# model is freed when the user drops it: a WeakKeyDictionary value that refers to its key keeps it alive.
-_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer name or None: ForwardPass}
-_REFUTED: weakref.WeakSet = weakref.WeakSet()  # models whose final operation the data showed is no softmax
 
 
 def check_score(score: str) -> None:
@@ -115,19 +113,19 @@ class ForwardPass:
 
 def forward_pass(model, name: str | None = None, layer=None) -> ForwardPass:
     """The model's ForwardPass (with layer ``name``'s output when given), built once per model and layer."""
-    per_model = _PASSES.setdefault(model, {})
-    if name not in per_model:
-        per_model[name] = ForwardPass(model, layer)
-    return per_model[name]
+    passes = model_cache(model, "passes")
+    if name not in passes:
+        passes[name] = ForwardPass(model, layer)
+    return passes[name]
 
 
 def has_pass(model, name: str | None = None) -> bool:
-    return name in _PASSES.get(model, {})
+    return name in model_cache(model, "passes")
 
 
 def may_step(model, forward: ForwardPass) -> bool:
     """Whether the model may end in a softmax to step over (its structure allows it, no batch refuted it)."""
-    return forward.stepped and model not in _REFUTED
+    return forward.stepped and not model_cache(model, "reading").get("refuted", False)
 
 
 def read_as(model, forward: ForwardPass, output: np.ndarray, scores: np.ndarray) -> str:
@@ -136,7 +134,7 @@ def read_as(model, forward: ForwardPass, output: np.ndarray, scores: np.ndarray)
     if may_step(model, forward):
         if is_softmax_of(scores, output):
             return "step"
-        _REFUTED.add(model)  # a softmax is one on every batch: this operation is not one
+        model_cache(model, "reading")["refuted"] = True  # a softmax is one on every batch: this is not one
     return "probabilities" if rows_are_probabilities(output) else "logits"
 
 

@@ -13,29 +13,23 @@ model cut at the layer, built once per layer); with a ``CropPlan`` only the unit
 
 from __future__ import annotations
 
-import weakref
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from ...errors import BadInputError
 from ..common import support_weights
+from .caches import model_cache, revalidate
 from .layers import require_graph, resolve_layer
-
-# model -> {layer name: the model cut at that layer}. A partial model holds the model's layers, not the model
-# itself, so a dropped model is freed.
-_PARTIAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(layer name, windowed): tf.function}
 
 
 def partial_model(model: keras.Model, name: str) -> keras.Model:
     """``keras.Model(model.inputs, layer.output)`` for the layer ``name``, built once per model and layer."""
-    per_model = _PARTIAL.setdefault(model, {})
-    if name not in per_model:
+    partials = model_cache(model, "partial models")  # they hold the model's layers, not the model
+    if name not in partials:
         require_graph(model)
-        per_model[name] = keras.Model(model.inputs, model.get_layer(name).output)
-    return per_model[name]
+        partials[name] = keras.Model(model.inputs, model.get_layer(name).output)
+    return partials[name]
 
 
 def _feature_map(z, name: str) -> None:
@@ -48,9 +42,9 @@ def _unit_pass(model, name: str, partial, windowed: bool, fast: bool):
     """``run(x, index)`` -> (the units' values, d sum(values) / d x); ``fast``: a ``tf.function`` compiled once
     per model, layer and kind of input (whole inputs, or windows of any size: shapes are left open)."""
     key = (name, windowed)
-    per_model = _COMPILED.setdefault(model, {}) if fast else {}
-    if key in per_model:
-        return per_model[key]
+    compiled = model_cache(model, "compiled unit passes") if fast else {}
+    if key in compiled:
+        return compiled[key]
 
     def run(x, index):
         with tf.GradientTape() as tape:
@@ -63,8 +57,8 @@ def _unit_pass(model, name: str, partial, windowed: bool, fast: bool):
 
     if not fast:
         return run
-    per_model[key] = tf.function(run, reduce_retracing=True)
-    return per_model[key]
+    compiled[key] = tf.function(run, reduce_retracing=True)
+    return compiled[key]
 
 
 def unit_gradients(model: keras.Model, layer, units: np.ndarray, inputs: np.ndarray, plans=None,
@@ -76,6 +70,7 @@ def unit_gradients(model: keras.Model, layer, units: np.ndarray, inputs: np.ndar
     window size (``receptive.node_gradient`` groups them so). ``fast``: the pass runs as a ``tf.function``
     compiled once per model and layer (equal to the eager pass to rounding); ``fast=False`` runs eagerly.
     """
+    revalidate(model)
     name, _ = resolve_layer(model, layer)
     partial = partial_model(model, name)
     _feature_map(partial.outputs[0], name)
@@ -105,6 +100,7 @@ def unit_gradients(model: keras.Model, layer, units: np.ndarray, inputs: np.ndar
 def support_map(model: keras.Model, layer, position: tuple[int, int], inputs: np.ndarray, seed: int = 0) -> np.ndarray:
     """(H, W): sum over inputs (K, H, W, C) and channels of |d (sum_c w_c z[c, position]) / d input|, with the
     positive channel weights w_c of ``common.support_weights`` (the same in every framework for one seed)."""
+    revalidate(model)
     name, _ = resolve_layer(model, layer)
     partial = partial_model(model, name)
     x = tf.convert_to_tensor(np.asarray(inputs, dtype=np.float32))
