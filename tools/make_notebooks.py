@@ -277,7 +277,6 @@ Every method runs on Keras models too. The exercise's seed CNN with the same wei
 the same map for each method (the tests check every one; here three)."""),
     ("code", """import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-import keras
 
 from gradsight.adapters.keras.models import copy_seed_weights, keras_seed_cnn
 
@@ -305,9 +304,7 @@ A saliency map is only useful if it shows what *the model* uses. Two tests ask t
    into a blurred copy and watch it rise.
 
 Everything runs offline on the embedded EfficientNet-Lite0 (real ImageNet weights) and the bundled photo."""),
-    ("code", """import numpy as np
-
-import gradsight
+    ("code", """import gradsight
 
 model = gradsight.load_model("efficientnet_lite0")
 methods = ["gradient", "grad_cam", "guided_backprop"]"""),

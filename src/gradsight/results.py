@@ -16,33 +16,11 @@ import numpy as np
 from .preprocess import Geometry, Preprocess
 
 
-@dataclass(frozen=True, eq=False)
-class SaliencyResult:
-    """Vanilla-gradient saliency for a batch of N inputs, all arrays in model-input pixels.
+class ClassScores:
+    """What every result derives from its ``logits`` (N, K) and ``class_names``: probabilities, top-k, labels."""
 
-    ``saliency`` (N, H, W) is max over colour channels of ``|gradient|``; ``gradient`` (N, H, W, C) is
-    d score / d input, channels last; ``targets`` are the explained classes, ``predictions`` the top-1
-    classes with their softmax ``probabilities``; ``logits`` (N, K) are the raw scores.
-    """
-
-    saliency: np.ndarray
-    gradient: np.ndarray
-    targets: np.ndarray
-    score: str
     logits: np.ndarray
-    model_name: str
-    class_names: tuple[str, ...] | None = None
-    preprocess: Preprocess | None = None
-    sources: tuple[str | None, ...] = ()
-    geometries: tuple[Geometry | None, ...] = ()
-    conversions: tuple[str | None, ...] = ()
-    fast: bool = True
-    photos: tuple = field(default=(), repr=False)  # RGB copies for display, longest side <= 1024 (None: arrays)
-    input_kinds: tuple[str, ...] = ()  # "photo" or "model_input", per input
-    orientations: tuple[str | None, ...] = ()  # the EXIF orientation applied to each photo, if any
-
-    def __len__(self) -> int:
-        return len(self.saliency)
+    class_names: tuple[str, ...] | None
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -72,6 +50,35 @@ class SaliencyResult:
         order = np.argsort(-probs, kind="stable")[:k]
         return [(int(c), self.label(int(c)), float(probs[c])) for c in order]
 
+
+@dataclass(frozen=True, eq=False)
+class SaliencyResult(ClassScores):
+    """Vanilla-gradient saliency for a batch of N inputs, all arrays in model-input pixels.
+
+    ``saliency`` (N, H, W) is max over colour channels of ``|gradient|``; ``gradient`` (N, H, W, C) is
+    d score / d input, channels last; ``targets`` are the explained classes, ``predictions`` the top-1
+    classes with their softmax ``probabilities``; ``logits`` (N, K) are the raw scores.
+    """
+
+    saliency: np.ndarray
+    gradient: np.ndarray
+    targets: np.ndarray
+    score: str
+    logits: np.ndarray
+    model_name: str
+    class_names: tuple[str, ...] | None = None
+    preprocess: Preprocess | None = None
+    sources: tuple[str | None, ...] = ()
+    geometries: tuple[Geometry | None, ...] = ()
+    conversions: tuple[str | None, ...] = ()
+    fast: bool = True
+    photos: tuple = field(default=(), repr=False)  # RGB copies for display, longest side <= 1024 (None: arrays)
+    input_kinds: tuple[str, ...] = ()  # "photo" or "model_input", per input
+    orientations: tuple[str | None, ...] = ()  # the EXIF orientation applied to each photo, if any
+
+    def __len__(self) -> int:
+        return len(self.saliency)
+
     def on_original(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """The saliency of input ``i`` resampled onto its original photo (pixels outside the crop are 0), at the
         photo's full size (the upright photo's, after any EXIF rotation) or at ``size`` = (width, height)."""
@@ -82,7 +89,7 @@ class SaliencyResult:
 
 
 @dataclass(frozen=True, eq=False)
-class AttributionResult:
+class AttributionResult(ClassScores):
     """One attribution method's maps for a batch of N inputs, all in model-input pixels.
 
     ``maps`` (N, H, W) is what is displayed; ``attribution`` (N, H, W, C) the raw per-channel values of pixel
@@ -115,34 +122,6 @@ class AttributionResult:
 
     def __len__(self) -> int:
         return len(self.maps)
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        """Softmax of the logits, (N, K), computed in float64 for stability."""
-        z = self.logits.astype(np.float64)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
-
-    @property
-    def predictions(self) -> np.ndarray:
-        return self.logits.argmax(axis=1)
-
-    @property
-    def prediction_probabilities(self) -> np.ndarray:
-        probs = self.probabilities
-        return probs[np.arange(len(probs)), self.predictions]
-
-    def label(self, index: int) -> str:
-        """Human-readable name of class ``index`` (the index itself when the model has no names)."""
-        if self.class_names is None or not 0 <= index < len(self.class_names):
-            return f"class {index}"
-        return self.class_names[index]
-
-    def top_k(self, i: int, k: int = 5) -> list[tuple[int, str, float]]:
-        """The k most probable classes of input ``i`` as (index, name, probability)."""
-        probs = self.probabilities[i]
-        order = np.argsort(-probs, kind="stable")[:k]
-        return [(int(c), self.label(int(c)), float(probs[c])) for c in order]
 
     def on_original(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """The map of input ``i`` resampled onto its original photo (pixels outside the crop are 0), at the
