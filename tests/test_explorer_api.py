@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from conftest import small_cnn
 from PIL import Image
+from testkit import small_cnn
 
 import gradsight
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import timm
 import torch
-import torchvision
+from testkit import ZOO
 from torch import nn
 
 import gradsight
@@ -30,34 +29,6 @@ def test_seed_cnn_agrees_with_the_real_model_too_where_units_are_alive():
     checks = gradsight.compare_fields("seed-cnn", mode="union", samples=8, units=("centre",))
     alive = [c for c in checks if not c.dead]
     assert len(alive) >= 5 and not disagreements(alive)
-
-
-def dilated_context_net() -> nn.Module:
-    # Yu & Koltun's context module: 3x3 convs with dilations 1, 1, 2, 4, 8, then max-pool with dilation 2
-    layers, channels = [], 1
-    for d in (1, 1, 2, 4, 8):
-        layers += [nn.Conv2d(channels, 4, 3, padding=d, dilation=d), nn.ReLU()]
-        channels = 4
-    layers += [nn.MaxPool2d(3, stride=2, padding=1, dilation=2)]
-    torch.manual_seed(0)
-    return nn.Sequential(*layers).eval()
-
-
-ZOO = {
-    "resnet18 (residual)": (lambda: torchvision.models.resnet18(), (224, 224), 2),
-    "vgg11 features": (lambda: torchvision.models.vgg11().features, (160, 160), 1),
-    "alexnet": (lambda: torchvision.models.alexnet(), (224, 224), 2),
-    "mobilenet_v2 (depthwise, residual)": (lambda: torchvision.models.mobilenet_v2(), (160, 160), 2),
-    "timm tf_efficientnet_lite0 (TF same padding)": (lambda: timm.create_model("tf_efficientnet_lite0"),
-                                                     (160, 160), 2),
-    "dilated context module": (dilated_context_net, (96, 96), 1),
-    # unpadded stride-2 layers and ceil-mode pools leave trailing rows that no unit reads
-    "squeezenet1_1 (ceil-mode pools)": (lambda: torchvision.models.squeezenet1_1(), (128, 128), 2),
-    "inception_v3 (unpadded strided convolutions)": (
-        lambda: torchvision.models.inception_v3(init_weights=True, aux_logits=False), (160, 160), 1),
-    # nn.Linear on channels-last maps folds positions into matrix rows and back (view, addmm, view)
-    "convnext_tiny (LayerNorm, Linear on channels-last)": (lambda: torchvision.models.convnext_tiny(), (96, 96), 2),
-}
 
 
 @pytest.mark.slow

@@ -361,7 +361,7 @@ def test_channels_last_layers_take_units_as_row_column_channel(monkeypatch):
                                   "vgg11 features", "convnext_tiny (LayerNorm, Linear on channels-last)",
                                   "squeezenet1_1 (ceil-mode pools)", "inception_v3 (unpadded strided convolutions)"])
 def test_cone_crops_equal_the_full_computation_on_the_zoo(name, monkeypatch):
-    from test_measured_fields import ZOO
+    from testkit import ZOO
 
     monkeypatch.setattr(cone, "MIN_CROPPED_VALUES", 0)  # take every crop, however small
 

@@ -17,69 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import small_cnn
 from PIL import Image
+from testkit import F16_ATOL, F16_RTOL, TINY_PREP, make_folder, tiny_model
 
 import gradsight
 from gradsight.errors import BadInputError
-from gradsight.models.spec import LoadedModel, ModelSpec
-from gradsight.preprocess import Preprocess
 from gradsight.runs import cli as runs_cli
 from gradsight.runs import collect, engine, pipeline, run_dataset
 from gradsight.runs.manifest import Manifest, read_lines
 from gradsight.runs.records import encode_map
 
 TESTS = Path(__file__).parent
-TINY_PREP = Preprocess(resize=48, crop=40, mean=(0.5,) * 3, std=(0.25,) * 3)
-# float16 keeps 11 significant bits: rounding moves a value by at most 2**-11 of itself; one more ulp (2**-10)
-# covers a float32 difference in the last bit between a batch and a single image that flips a rounding.
-# Below 2**-14 float16 is subnormal, with steps of 2**-24.
-F16_RTOL, F16_ATOL = 2.0 ** -10, 2.0 ** -24
-
-
-def tiny_model() -> LoadedModel:
-    return LoadedModel(small_cnn(), ModelSpec("tiny-cnn", "torch", TINY_PREP))
-
-
-def make_folder(root: Path, count: int, seed: int = 0) -> list[str]:
-    """``count`` small images made from the bundled photo (crops, flips, colour shifts, greyscale, JPEG) in
-    nested folders, plus a corrupt JPEG, a folder named like an image, a symlink, a hidden file and a text
-    file. Returns the relative paths that should be computed."""
-    photo = Image.open(gradsight.example_image_path()).convert("RGB")
-    rng = np.random.default_rng(seed)
-    good = []
-    for i in range(count):
-        side = int(rng.integers(100, 340))
-        left, top = int(rng.integers(0, 500 - side)), int(rng.integers(0, 348 - side))
-        image = photo.crop((left, top, left + side, top + side)).resize(
-            (int(rng.integers(48, 97)), int(rng.integers(48, 97))))
-        if i % 2:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        # a colour shift that never clips: flat saturated patches would make exact max-pool ties, where the
-        # gradient's route depends on float rounding (batch vs single image), not on the runner
-        scale = rng.uniform(0.7, 0.9, size=3)
-        pixels = np.asarray(image, dtype=np.float64) * scale + rng.uniform(0, 1, size=3) * 255 * (1 - scale)
-        image = Image.fromarray(np.rint(pixels).astype(np.uint8))
-        folder = ("", "a/", "a/b/")[i % 3]
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        if i % 7 == 3:
-            image, name = image.convert("L"), f"{folder}grey{i:03d}.png"
-        elif i % 5 == 1:
-            name = f"{folder}img{i:03d}.jpg"
-        else:
-            name = f"{folder}img{i:03d}.png"
-        image.save(root / name)
-        good.append(name)
-    jpeg = (root / good[1]).read_bytes() if good[1].endswith(".jpg") else None
-    (root / "corrupt.jpg").write_bytes((jpeg or b"\xff\xd8\xff\xe0")[:300])
-    (root / "folder.png").mkdir()  # a directory named like an image
-    photo.resize((64, 48)).save(root / "folder.png" / "inner.png")
-    good.append("folder.png/inner.png")
-    os.symlink(good[0], root / "link.png")  # relative, so that a copied folder keeps a working link
-    good.append("link.png")
-    photo.resize((40, 40)).save(root / ".hidden.png")
-    (root / "notes.txt").write_text("not an image")
-    return sorted(good)
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +179,7 @@ SLOW_FACTORY = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from torch import nn
-from conftest import small_cnn
+from testkit import small_cnn
 from gradsight.models.spec import LoadedModel, ModelSpec
 from gradsight.preprocess import Preprocess
 

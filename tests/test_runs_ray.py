@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import pytest
 import ray
-from test_runs import F16_ATOL, F16_RTOL, make_folder, tiny_model
+from testkit import F16_ATOL, F16_RTOL, make_folder, tiny_model
 
 from gradsight.runs import run_dataset
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import Saliency
-from conftest import small_cnn
+from testkit import small_cnn
 
 import gradsight
 from gradsight.adapters.torch.adapter import TorchAdapter

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import small_cnn
+from testkit import small_cnn
 
 import gradsight
 

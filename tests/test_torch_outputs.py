@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import small_cnn
+from testkit import small_cnn
 from torch import nn
 
 import gradsight

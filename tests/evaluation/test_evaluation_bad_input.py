@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import small_cnn
 from evaluation_models import additive_model, normal_inputs
+from testkit import small_cnn
 
 from gradsight.errors import BadInputError
 from gradsight.evaluation.faithfulness import faithfulness

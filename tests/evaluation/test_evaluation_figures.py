@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import small_cnn
 from evaluation_models import normal_inputs
+from testkit import small_cnn
 
 from gradsight.evaluation.faithfulness import faithfulness
 from gradsight.evaluation.sanity import sanity_check

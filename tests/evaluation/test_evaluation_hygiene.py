@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import small_cnn
 from evaluation_models import assert_same, normal_inputs, snapshot
+from testkit import small_cnn
 
 import gradsight.evaluation.faithfulness as faithfulness_module
 import gradsight.evaluation.sanity as sanity_module

@@ -27,8 +27,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import small_cnn
 from evaluation_models import normal_inputs
+from testkit import small_cnn
 from torch import nn
 
 import gradsight

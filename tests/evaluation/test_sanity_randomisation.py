@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import small_cnn
 from evaluation_models import normal_inputs
 from scipy.stats import spearmanr
+from testkit import small_cnn
 
 from gradsight.evaluation.sanity import sanity_check
 

@@ -12,7 +12,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import small_cnn
+from testkit import small_cnn
 from torch import nn
 
 import gradsight
