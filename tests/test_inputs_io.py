@@ -96,9 +96,7 @@ def test_uint8_tensor_with_an_ambiguous_layout_is_refused(cnn):
 
 
 def test_photo_for_a_one_channel_model_is_refused_before_running(ouzel_path):
-    from gradsight.models.registry import load_network
-
-    network = load_network("seed-cnn")  # a (1, 128, 128) input
+    network = gradsight.load_model("seed-cnn", architecture_only=True)  # a (1, 128, 128) input
     with pytest.raises(gradsight.BadInputError, match="1 channel"):
         gradsight.saliency(network, ouzel_path)
 

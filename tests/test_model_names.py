@@ -10,7 +10,11 @@ from torch import nn
 
 import gradsight
 from gradsight.cli import main
-from gradsight.models.registry import load_network
+
+
+def architecture(name: str):
+    """The network a name builds for receptive fields and node gradients (no weights needed)."""
+    return gradsight.load_model(name, architecture_only=True)
 
 
 def _geometry(module: nn.Module) -> list[tuple]:
@@ -30,7 +34,7 @@ def test_efficientnet_lite0_is_one_network_everywhere(embedded):
     # `saliency efficientnet_lite0` runs timm's tf_efficientnet_lite0 (TF 'same' padding: the extra pixel goes
     # bottom/right); `rf`/`node efficientnet_lite0` must analyse that network, not timm's symmetric-padding
     # efficientnet_lite0, whose border units see other pixels.
-    network = load_network("efficientnet_lite0")
+    network = architecture("efficientnet_lite0")
     assert _geometry(network.module) == _geometry(embedded.module)
     by_name = gradsight.receptive_field("efficientnet_lite0")
     by_model = gradsight.receptive_field(embedded.module, (224, 224))
@@ -48,17 +52,18 @@ def test_efficientnet_lite0_is_one_network_everywhere(embedded):
 
 def test_seed_cnn_names_load_the_same_network_as_rf(tmp_path):
     for name in ("seed-cnn", "seed-cnn-torch"):
-        loaded, network = gradsight.load_model(name), load_network(name)
+        loaded = gradsight.load_model(name)
+        network = architecture(name)
         assert _geometry(loaded.module) == _geometry(network.module)
         assert loaded.spec.model_input_shape() == network.spec.model_input_shape() == (1, 128, 128)
 
 
 def test_curated_names_resolve_to_one_architecture():
-    # A bare name found in both torchvision and timm must mean the same library's network in load_model and
-    # in load_network (torchvision first), and the curated names must not fall through to another library.
-    assert type(load_network("resnet50").module).__module__.startswith("torchvision")
-    assert type(load_network("efficientnet_lite0").module).__module__.startswith("timm")
-    assert load_network("efficientnet_lite0").module.pretrained_cfg["architecture"] == "tf_efficientnet_lite0"
+    # A bare name found in both torchvision and timm must mean the same library's network with weights and
+    # architecture only (torchvision first), and the curated names must not fall through to another library.
+    assert type(architecture("resnet50").module).__module__.startswith("torchvision")
+    assert type(architecture("efficientnet_lite0").module).__module__.startswith("timm")
+    assert architecture("efficientnet_lite0").module.pretrained_cfg["architecture"] == "tf_efficientnet_lite0"
     from gradsight.adapters.torch.models import CURATED_ARCHITECTURES
     from gradsight.models.registry import CURATED
 
@@ -137,7 +142,7 @@ def test_python_path_factory_still_works(factory_modules):
     # load_model takes the same name (the same network), with a state dict on top if given
     import torch
 
-    built = load_network("gs_factories:fine").module
+    built = architecture("gs_factories:fine").module
     state = {k: v + 1 for k, v in built.state_dict().items()}
     torch.save(state, factory_modules / "fine.pth")
     loaded = gradsight.load_model("gs_factories:fine", weights=factory_modules / "fine.pth")
@@ -149,7 +154,7 @@ def test_python_path_factory_still_works(factory_modules):
 def test_seed_cnn_loads_a_weights_file(tmp_path):
     import torch
 
-    state = {k: v * 2 for k, v in load_network("seed-cnn-torch").module.state_dict().items()}
+    state = {k: v * 2 for k, v in architecture("seed-cnn-torch").module.state_dict().items()}
     torch.save(state, tmp_path / "seed.pth")
     loaded = gradsight.load_model("seed-cnn-torch", weights=tmp_path / "seed.pth")
     assert all(torch.equal(loaded.module.state_dict()[k], v) for k, v in state.items())
@@ -162,7 +167,7 @@ def test_architecture_only_networks_default_to_the_input_size_their_weights_use(
 
     # rf/node analyse a name at the size saliency feeds it: the crop of its published preprocessing
     crop = torchvision.models.Inception_V3_Weights.DEFAULT.transforms().crop_size  # [299]
-    assert load_network("inception_v3").spec.model_input_shape() == (3, crop[0], crop[0])
+    assert architecture("inception_v3").spec.model_input_shape() == (3, crop[0], crop[0])
     cfg = timm.get_pretrained_cfg("inception_v3").to_dict()
-    assert load_network("timm:inception_v3").spec.model_input_shape() == tuple(cfg["input_size"]) == (3, 299, 299)
-    assert load_network("resnet50").spec.model_input_shape() == (3, 224, 224)
+    assert architecture("timm:inception_v3").spec.model_input_shape() == tuple(cfg["input_size"]) == (3, 299, 299)
+    assert architecture("resnet50").spec.model_input_shape() == (3, 224, 224)

@@ -1,5 +1,8 @@
 """Frozen result objects holding raw values; normalising for display is the plotting code's job.
 
+``AttributionResult`` is what every attribution method returns; ``SaliencyResult`` (``gradsight.saliency``) is
+the AttributionResult of the ``gradient`` method, with ``.saliency`` and ``.gradient`` as names of its maps.
+
 Example:
     >>> import gradsight                                          # doctest: +SKIP
     >>> result = gradsight.saliency("efficientnet_lite0")         # the bundled ouzel.png  # doctest: +SKIP
@@ -52,43 +55,6 @@ class ClassScores:
 
 
 @dataclass(frozen=True, eq=False)
-class SaliencyResult(ClassScores):
-    """Vanilla-gradient saliency for a batch of N inputs, all arrays in model-input pixels.
-
-    ``saliency`` (N, H, W) is max over colour channels of ``|gradient|``; ``gradient`` (N, H, W, C) is
-    d score / d input, channels last; ``targets`` are the explained classes, ``predictions`` the top-1
-    classes with their softmax ``probabilities``; ``logits`` (N, K) are the raw scores.
-    """
-
-    saliency: np.ndarray
-    gradient: np.ndarray
-    targets: np.ndarray
-    score: str
-    logits: np.ndarray
-    model_name: str
-    class_names: tuple[str, ...] | None = None
-    preprocess: Preprocess | None = None
-    sources: tuple[str | None, ...] = ()
-    geometries: tuple[Geometry | None, ...] = ()
-    conversions: tuple[str | None, ...] = ()
-    fast: bool = True
-    photos: tuple = field(default=(), repr=False)  # RGB copies for display, longest side <= 1024 (None: arrays)
-    input_kinds: tuple[str, ...] = ()  # "photo" or "model_input", per input
-    orientations: tuple[str | None, ...] = ()  # the EXIF orientation applied to each photo, if any
-
-    def __len__(self) -> int:
-        return len(self.saliency)
-
-    def on_original(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """The saliency of input ``i`` resampled onto its original photo (pixels outside the crop are 0), at the
-        photo's full size (the upright photo's, after any EXIF rotation) or at ``size`` = (width, height)."""
-        geometry = self.geometries[i] if i < len(self.geometries) else None
-        if geometry is None or self.preprocess is None:
-            return self.saliency[i]
-        return self.preprocess.to_original(self.saliency[i], geometry.original_size, size)
-
-
-@dataclass(frozen=True, eq=False)
 class AttributionResult(ClassScores):
     """One attribution method's maps for a batch of N inputs, all in model-input pixels.
 
@@ -130,3 +96,28 @@ class AttributionResult(ClassScores):
         if geometry is None or self.preprocess is None:
             return self.maps[i]
         return self.preprocess.to_original(self.maps[i], geometry.original_size, size)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SaliencyResult(AttributionResult):
+    """Vanilla-gradient saliency for a batch of N inputs: the AttributionResult of the ``gradient`` method.
+
+    ``saliency`` (N, H, W) is ``maps``, max over colour channels of ``|gradient|``; ``gradient`` (N, H, W, C) is
+    ``attribution``, d score / d input, channels last. ``score`` and ``fast`` say what was differentiated and
+    how; ``options`` are the gradient method's (it has none). ``targets`` are the explained classes,
+    ``predictions`` the top-1 classes with their softmax ``probabilities``; ``logits`` (N, K) are the raw scores.
+    Every renderer of attributions takes it (``save_attributions``, ``attribution_figure``), and so do
+    ``save_saliency`` and ``saliency_figure``.
+    """
+
+    method: str = "gradient"
+    options: dict = field(default_factory=dict)
+    display: str = "max_abs"
+
+    @property
+    def saliency(self) -> np.ndarray:
+        return self.maps
+
+    @property
+    def gradient(self) -> np.ndarray:
+        return self.attribution

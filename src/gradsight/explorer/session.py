@@ -403,22 +403,22 @@ def _load(entry: ModelEntry) -> None:
 
     ``entry.network`` is set last: other threads read it without the lock to know the entry is complete.
     """
-    from ..receptive.analytic import as_network  # the resolver `gradsight rf` and `gradsight node` use
+    from ..models.registry import as_loaded_model  # the resolver `gradsight rf` and `gradsight node` use
 
     source, note = entry.source, ""
     if isinstance(source, str) and source in SEED_MODELS:
-        network = as_network(source)
+        network = as_loaded_model(source, architecture_only=True)
         note = "random weights drawn under seed 0, as in the exercise (Glorot-uniform kernels, zero biases)"
     elif isinstance(source, str):
         try:
             network = gradsight.load_model(source)
         except (WeightsUnavailableError, UnknownNameError) as err:
-            network = as_network(source)
+            network = as_loaded_model(source, architecture_only=True)
             reason = "no weights on this machine" if isinstance(err, WeightsUnavailableError) else "not a classifier"
             note = (f"{reason}: random weights (architecture only). Receptive fields and gradients are exact for "
                     "these weights; there are no predictions")
     else:
-        network = as_network(source)
+        network = as_loaded_model(source, architecture_only=True)
     report = gradsight.receptive_field(network)
     entry.report = report
     entry.classifier = network.preprocess.input_size is not None and len(report.layers[-1].output_shape) == 1

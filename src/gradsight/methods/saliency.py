@@ -5,6 +5,10 @@ Example:
     >>> result = gradsight.saliency("efficientnet_lite0", "photo.jpg")  # doctest: +SKIP
     >>> result.saliency.shape, result.top_k(0, 1)[0][1]                # doctest: +SKIP
     ((1, 224, 224), 'water ouzel, dipper')
+
+The maps are the registered ``gradient`` method's: a SaliencyResult is the AttributionResult of
+``gradsight.attribute(model, images, method="gradient")``, with ``.saliency``/``.gradient`` as the names of its
+``maps``/``attribution``; ``saliency_batches`` yields one per batch as soon as it is computed.
 """
 
 from __future__ import annotations
@@ -19,28 +23,14 @@ from tqdm.auto import tqdm
 from ..adapters.discovery import adapter_for
 from ..errors import BadInputError
 from ..inputs import Batch, prepare_inputs
-from ..models.spec import LoadedModel, ModelSpec, imagenet_preprocess
+from ..models.registry import as_loaded_model
+from ..models.spec import LoadedModel
 from ..preprocess import Preprocess
 from ..results import SaliencyResult
-from .job import target_list
+from .job import AttributionJob, target_list
+from .registry import get_method, method_options
 
 SCORES = ("logit", "prob", "logprob")
-
-
-def as_loaded_model(model: Any, preprocess: Preprocess | None = None) -> LoadedModel:
-    """A LoadedModel from a name, a LoadedModel, or a bare framework model (ImageNet preprocessing by default)."""
-    if isinstance(model, str):
-        from ..models.registry import load_model
-
-        model = load_model(model)
-    if isinstance(model, LoadedModel):
-        if preprocess is not None:
-            model = LoadedModel(model.module, ModelSpec(model.name, model.spec.framework, preprocess,
-                                                        model.class_names, model.spec.weights))
-        return model
-    adapter = adapter_for(model)  # raises a clear error for unsupported objects
-    spec = ModelSpec(type(model).__name__, adapter.name, preprocess or imagenet_preprocess())
-    return LoadedModel(model, spec)
 
 
 def _check_channels(loaded: LoadedModel, batch) -> None:
@@ -69,7 +59,7 @@ def _plan(model, images, target, score, batch_size, preprocess, input_kind) -> _
         raise BadInputError("score", expected=f"one of {', '.join(SCORES)}", got=repr(score))
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise BadInputError("batch_size", expected="a whole number >= 1", got=repr(batch_size))
-    loaded = as_loaded_model(model, preprocess)
+    loaded = as_loaded_model(model, preprocess=preprocess)
     batch = prepare_inputs(images, loaded.preprocess, input_kind)
     _check_channels(loaded, batch)
     targets = target_list(target, len(batch.arrays))
@@ -82,18 +72,27 @@ def _plan(model, images, target, score, batch_size, preprocess, input_kind) -> _
 
 
 def _results(plan: _Plan, score: str, fast: bool, batch_size: int) -> Iterator[SaliencyResult]:
+    # The registered "gradient" method computes the maps, so a SaliencyResult is exactly what
+    # gradsight.attribute(method="gradient") gives (the tests compare them).
+    method = get_method("gradient")
+    options = method_options(method, {})
     adapter = adapter_for(plan.loaded.module)
     batch = plan.batch
     for start in range(0, len(batch.arrays), batch_size):
         part = slice(start, start + batch_size)
-        out = adapter.score_gradient(plan.loaded.module, batch.arrays[part], plan.targets[part], score, fast)
+        job = AttributionJob(adapter, plan.loaded.module, batch.arrays[part], tuple(plan.targets[part]), score, fast,
+                             plan.loaded.preprocess)
+        out = method.fn(job, **options)
         yield SaliencyResult(
-            saliency=np.abs(out.gradient).max(axis=-1),
-            gradient=out.gradient,
+            maps=out.maps,
+            attribution=out.attribution,
+            options=dict(options),
+            display=method.display,
             targets=out.targets,
             score=score,
             logits=out.logits,
             model_name=plan.loaded.name,
+            framework=adapter.name,
             class_names=plan.loaded.class_names,
             preprocess=plan.loaded.preprocess,
             sources=batch.sources[part],
@@ -110,7 +109,7 @@ def _concatenate(parts: list[SaliencyResult]) -> SaliencyResult:
     if len(parts) == 1:
         return parts[0]
     joined = {name: np.concatenate([getattr(p, name) for p in parts])
-              for name in ("saliency", "gradient", "targets", "logits")}
+              for name in ("maps", "attribution", "targets", "logits")}
     joined.update({name: sum((getattr(p, name) for p in parts), ())
                    for name in ("sources", "geometries", "conversions", "photos", "input_kinds", "orientations")})
     return replace(parts[0], **joined)

@@ -20,6 +20,12 @@ def imagenet_preprocess(resize: int = 256, crop: int = 224, interpolation: str =
                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
+def plain_preprocess(channels: int) -> Preprocess:
+    """No resizing, no normalisation (mean 0, std 1) for a ``channels``-channel model: the seed CNNs' and a
+    non-RGB factory network's preprocessing."""
+    return Preprocess(resize=None, crop=None, mean=(0.0,) * channels, std=(1.0,) * channels)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """How to feed a model and read its outputs; ``weights`` says where the weights came from."""

@@ -1,4 +1,4 @@
-"""Analytic receptive fields of a model, and resolving what users pass as a network.
+"""Analytic receptive fields of a model (any name or model ``models.registry.as_loaded_model`` takes).
 
 Example:
     >>> import gradsight                                            # doctest: +SKIP
@@ -14,29 +14,11 @@ from typing import Any
 
 from ..adapters.discovery import adapter_for
 from ..errors import BadInputError, UnsupportedGeometryError
+from ..models.registry import as_loaded_model
 from ..models.spec import LoadedModel
 from .report import FieldReport
 
 _REPORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def as_network(model: Any) -> LoadedModel:
-    """A LoadedModel from a network name (seed-cnn, seed-cnn-torch, torchvision/timm names, pkg.mod:factory),
-    a LoadedModel, or a framework model."""
-    if isinstance(model, str):
-        from ..models.registry import load_network
-
-        return load_network(model)
-    if isinstance(model, LoadedModel):
-        return model
-    from ..methods.saliency import as_loaded_model
-    from ..models.spec import ModelSpec
-
-    loaded = as_loaded_model(model)
-    shape = adapter_for(model).default_input_shape(model)
-    spec = loaded.spec
-    return LoadedModel(model, ModelSpec(spec.name, spec.framework, spec.preprocess, spec.class_names,
-                                        spec.weights, tuple(shape)))
 
 
 def input_shape_for(network: LoadedModel, input_size: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -56,7 +38,7 @@ def input_shape_for(network: LoadedModel, input_size: tuple[int, ...] | None) ->
 
 def receptive_field(model: Any, input_size: tuple[int, int] | None = None) -> FieldReport:
     """Size, effective stride and padding, and unit rectangles of every layer of ``model``, analytically."""
-    network = as_network(model)
+    network = as_loaded_model(model, architecture_only=True)
     shape = input_shape_for(network, input_size)
     adapter = adapter_for(network.module)
     # The report is reused only for the same architecture: module names and types, their attributes (stride,

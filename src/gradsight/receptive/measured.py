@@ -22,7 +22,8 @@ import numpy as np
 
 from ..adapters.discovery import adapter_for
 from ..errors import BadInputError
-from .analytic import as_network, input_shape_for, receptive_field
+from ..models.registry import as_loaded_model
+from .analytic import input_shape_for, receptive_field
 from .node_gradient import field_of, layout, support_box
 
 MODES = ("linear", "union")
@@ -81,7 +82,7 @@ def compare_fields(model: Any, input_size: tuple[int, int] | None = None, *, lay
     """Measure the field of ``units`` on every spatial layer (or ``layers``) and pair it with the analytic one."""
     if mode not in MODES:
         raise BadInputError("mode", expected=f"one of {MODES}", got=repr(mode))
-    network = as_network(model)
+    network = as_loaded_model(model, architecture_only=True)
     shape = input_shape_for(network, input_size)
     report = receptive_field(network, shape[1:])
     chosen = report.rows(depth) if layers is None else [report[layer] for layer in layers]
@@ -105,7 +106,7 @@ def measure_field(model: Any, layer: Any, unit: tuple[int, int] | str = "centre"
     """The summed |gradient| map (H, W) of one unit and its check against the analytic rectangle."""
     if mode not in MODES:
         raise BadInputError("mode", expected=f"one of {MODES}", got=repr(mode))
-    network = as_network(model)
+    network = as_loaded_model(model, architecture_only=True)
     adapter = adapter_for(network.module)
     shape = input_shape_for(network, input_size)
     name, _ = adapter.resolve_layer(network.module, layer)
@@ -146,7 +147,8 @@ class EffectiveField:
 def effective_receptive_field(model: Any, layer: Any, *, input_size: tuple[int, int] | None = None,
                               samples: int = 8, seed: int = 0) -> EffectiveField:
     """Mean |d z_centre / d input| over ``samples`` uniform random inputs, normalised to total mass 1."""
-    network = as_network(model)  # once: a name would otherwise build the model twice
+    # once: a name would otherwise build the model twice
+    network = as_loaded_model(model, architecture_only=True)
     values, check = measure_field(network, layer, "centre", input_size=input_size, mode="union", samples=samples,
                                   seed=seed)
     total = values.sum()

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..adapters.discovery import adapter_for, is_framework_tensor, tensor_to_array
 from ..errors import BadInputError, GradsightError, UnsupportedGeometryError
-from .analytic import as_network, input_shape_for, receptive_field
+from ..models.registry import as_loaded_model
+from .analytic import input_shape_for, receptive_field
 from .cone import crop_plan
 from .report import LayerField
 
@@ -114,7 +115,7 @@ def node_gradients(model: Any, layer: Any, units: Any = None, *, channel: int | 
     ``crop``: run each unit only on the input window it sees (and, for a single unit, earlier layers only on
     the unit's field there; see :func:`crop_plan`); ``fast``: fold BatchNorm as for saliency.
     """
-    network = as_network(model)
+    network = as_loaded_model(model, architecture_only=True)
     adapter = adapter_for(network.module)
     array = _as_inputs(inputs, input_shape_for(network, None), seed)
     name, _ = adapter.resolve_layer(network.module, layer)
@@ -209,7 +210,8 @@ def strongest_units(model, layers, position: tuple[int, int] | str = "centre", i
     largest gradient, i.e. an alive one."""
     from dataclasses import replace
 
-    network = as_network(model)  # once: a name would otherwise build a fresh model on every call
+    # once: a name would otherwise build a fresh model on every call
+    network = as_loaded_model(model, architecture_only=True)
     chosen = []
     for layer in layers:
         field = _field(network, layer)

@@ -17,13 +17,14 @@ import warnings
 from pathlib import Path
 
 from ...errors import BadInputError, MissingDependencyError, UnknownNameError, WeightsUnavailableError
-from ...models.spec import LoadedModel, ModelSpec
+from ...models.names import SEED_INPUT
+from ...models.spec import LoadedModel, ModelSpec, plain_preprocess
 from ...preprocess import Preprocess
 from .backend import import_keras
 
 # copy_seed_weights lives in zoo.py; it is re-exported here for the importers that still reach it here
 # (tests/adapters, tests/methods, tests/evaluation, bench, tools): point them at .zoo, then drop it.
-from .zoo import SEED_INPUT, copy_seed_weights, keras_seed_cnn  # noqa: F401
+from .zoo import copy_seed_weights, keras_seed_cnn  # noqa: F401
 
 #: keras.applications.resnet.preprocess_input ("caffe"): RGB -> BGR, minus the ImageNet means, no scaling;
 #: the exercise loads photos with keras.utils.load_img(target_size=(224, 224)): a plain nearest resize.
@@ -168,7 +169,7 @@ def load_keras_model(name: str, *, weights: str | Path | None = None, download: 
         if weights is not None and not architecture_only:
             _load_weights(model, Path(weights))
             source = f"file: {weights}"
-        prep = Preprocess(resize=None, crop=None, mean=(0.0,), std=(1.0,))
+        prep = plain_preprocess(SEED_INPUT[0])
         return LoadedModel(model, ModelSpec(name, "keras", prep, None, source, SEED_INPUT))
     apps = {n.lower(): getattr(keras.applications, n) for n in dir(keras.applications)
             if n[:1].isupper() and callable(getattr(keras.applications, n))}

@@ -12,12 +12,8 @@ extra pixel at the bottom/right, as ``TFSamePad2d`` does there.
 
 from __future__ import annotations
 
+from ...models.names import SEED_CHANNELS, SEED_INPUT, SEED_KERNELS, SEED_STRIDES
 from .backend import import_keras
-
-SEED_KERNELS = (5, 5, 3, 3, 3, 3)
-SEED_STRIDES = (1, 2, 1, 2, 1, 2)
-SEED_CHANNELS = (16, 16, 32, 32, 64, 64)
-SEED_INPUT = (1, 128, 128)  # (channels, rows, cols)
 
 
 def keras_seed_cnn(seed: int = 0, classes: int = 10):

