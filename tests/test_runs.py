@@ -353,7 +353,7 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 def test_cli_exit_status_and_summary(folder, tmp_path, capsys, monkeypatch):
     root, good = folder
-    monkeypatch.setattr("gradsight.runs.model.load_named", lambda name, weights=None: tiny_model())
+    monkeypatch.setattr("gradsight.runs.model.load_named", lambda name, weights=None, download=False: tiny_model())
     code, out, err = cli(capsys, "attribute", root, "--recursive", "--out", tmp_path / "o1", "--model", "tiny")
     assert code == 1 and f"{len(good)} done, 0 skipped" in out and "1 failed" in out and "corrupt.jpg" in out
     code, out, _ = cli(capsys, "attribute", root / "a" / "b", "--out", tmp_path / "o2", "--model", "tiny",
@@ -380,7 +380,7 @@ def test_bad_input_is_one_line_and_exit_2(folder, tmp_path, capsys, monkeypatch,
     root, _ = folder
     (tmp_path / "twin").mkdir()
     Image.open(root / "img000.png").save(tmp_path / "twin" / "img000.png")
-    monkeypatch.setattr("gradsight.runs.model.load_named", lambda name, weights=None: tiny_model())
+    monkeypatch.setattr("gradsight.runs.model.load_named", lambda name, weights=None, download=False: tiny_model())
     code, out, err = cli(capsys, *[a.format(root=root, tmp=tmp_path) for a in args])
     assert code == 2 and err.startswith("gradsight: error: ") and err.count("\n") == 1, err
     assert all(w in err for w in words), err
@@ -439,3 +439,145 @@ def test_embedded_model_on_variants_of_the_bundled_photo(embedded, tmp_path):
         stored = np.load(tmp_path / "out" / f"{rel}.gradient.npy").astype(np.float32)
         np.testing.assert_allclose(stored, expected, rtol=F16_RTOL, atol=F16_ATOL + 1e-5 * expected.max())
     assert state[("ouzel.png", "gradient")]["model_weights"].startswith("embedded")
+
+
+# --- every registered method in a run (issue 10 on issue 13's runner) ------------------------------------------
+
+SMALL = {"smoothgrad.n_samples": 3, "n_steps": 4}  # n_steps: Integrated Gradients', the only method taking it
+
+
+def sub_folder(folder) -> tuple[Path, list[str]]:
+    root, good = folder
+    return root / "a" / "b", sorted(g[4:] for g in good if g.startswith("a/b/"))
+
+
+def test_registry_methods_in_a_run_equal_attribute_one_by_one(folder, tmp_path):
+    part, rels = sub_folder(folder)
+    model, out = tiny_model(), tmp_path / "out"
+    summary = run_dataset([part], out, model=model, methods="smoothgrad,grad_cam,integrated_gradients",
+                          options=SMALL, batch_size=4)
+    assert (summary.done, summary.failed) == (3 * len(rels), 0)
+    state = latest(out)
+    preprocess = TINY_PREP.as_dict() | {"mean": [0.5] * 3, "std": [0.25] * 3}
+    for rel in rels:
+        for method, options in (("smoothgrad", {"n_samples": 3}), ("grad_cam", {}),
+                                ("integrated_gradients", {"n_steps": 4})):
+            expected = gradsight.attribute(model, str(part / rel), method=method, **options)
+            record = state[(rel, method)]
+            stored = np.load(out / record["map"]["file"]).astype(np.float32)
+            scale = float(np.abs(expected.maps[0]).max())
+            np.testing.assert_allclose(stored, expected.maps[0], rtol=F16_RTOL, atol=F16_ATOL + 1e-5 * scale)
+            assert record["target"] == int(expected.targets[0]) == record["prediction"]["class"]
+            assert record["map"]["stores"].startswith(f"{method}: ")
+        ig = state[(rel, "integrated_gradients")]
+        # every effective option, the registry's defaults written out here (the papers'), plus the run's
+        assert ig["options"] == {"score": "logit", "target": "auto", "fast": True, "n_steps": 4,
+                                 "rule": "gausslegendre", "baseline": "zeros", "blur_sigma": 5.0,
+                                 "internal_batch_size": 32, "preprocess": preprocess}
+        assert ig["effective"] == {"baseline": "zeros (model-input space)"}
+        # completeness: the gap is sum(attribution) - (F(x) - F(baseline)); the map sums the channels
+        expected = gradsight.attribute(model, str(part / rel), method="integrated_gradients", n_steps=4)
+        gap, difference = ig["per_image"]["completeness_gap"], ig["per_image"]["score_difference"]
+        assert difference == pytest.approx(float(expected.per_image["score_difference"][0]), rel=1e-5)
+        assert gap == pytest.approx(float(expected.maps[0].sum(dtype=np.float64)) - difference,
+                                    abs=1e-5 * (abs(difference) + 1))
+        cam = state[(rel, "grad_cam")]
+        # small_cnn: ... 7 conv, 8 BatchNorm, 9 ReLU, 10 global pooling: the last spatial layer is "9"
+        assert cam["options"]["layer"] is None and cam["effective"]["layer"] == "9"
+        assert "upsampled" in cam["map"]["stores"]
+        sigma = state[(rel, "smoothgrad")]["effective"]["sigma"]
+        pixels = TINY_PREP(gradsight.load_image(part / rel))
+        assert sigma == pytest.approx(0.15 * float(pixels.max() - pixels.min()), rel=1e-6)  # one per image
+
+
+def test_changing_one_method_option_recomputes_only_that_method(folder, tmp_path):
+    part, rels = sub_folder(folder)
+    model, out, count = tiny_model(), tmp_path / "out", len(rels)
+    first = run_dataset([part], out, model=model, methods="gradient,integrated_gradients", options={"n_steps": 2})
+    assert first.done == 2 * count
+    keys = {(r["path"], r["method"]): r["key"] for r in manifest_lines(out)}
+    again = run_dataset([part], out, model=model, methods="gradient,integrated_gradients",
+                        options=["integrated_gradients.n_steps=3"])
+    assert (again.done, again.skipped) == (count, count)
+    new = manifest_lines(out)[2 * count:]
+    assert {r["method"] for r in new} == {"integrated_gradients"} and {r["options"]["n_steps"] for r in new} == {3}
+    assert all(r["key"] != keys[(r["path"], r["method"])] for r in new)
+    # a default given explicitly is the same option: nothing to do
+    same = run_dataset([part], out, model=model, methods="gradient,integrated_gradients",
+                       options={"n_steps": 3, "rule": "gausslegendre", "score": "logit"})
+    assert (same.done, same.skipped) == (0, 2 * count)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--method", "gradient,integrated_gradients", "--option", "n_steps=0"], ["n_steps", ">= 1"]),
+    (["--method", "grad_cam", "--option", "layer=nope"], ["'nope'"]),
+    (["--method", "smoothgrad", "--option", "noise_level=-1"], ["noise_level", ">= 0"]),
+    (["--method", "gradient,grad_cam", "--option", "window=3"], ["window", "grad_cam: layer"]),
+    (["--method", "smoothgrd"], ["'smoothgrad'"]),
+    (["--method", "integrated_gradients", "--option", "gradient.score=prob"], ["METHOD.KEY"]),
+    (["--method", "gradient", "--option", "fast=maybe"], ["true or false"]),
+])
+def test_a_bad_method_option_exits_2_before_any_image_is_read(folder, tmp_path, capsys, monkeypatch, args, words):
+    root, _ = folder
+    monkeypatch.setattr("gradsight.runs.model.load_named", lambda name, weights=None, download=False: tiny_model())
+    monkeypatch.setattr(engine, "prepare", lambda *a: pytest.fail("an image was read"))
+    code, out, err = cli(capsys, "attribute", root, "-r", "--out", tmp_path / "o", "--model", "tiny", *args)
+    assert code == 2 and err.startswith("gradsight: error: ") and err.count("\n") == 1, err
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_method_refusing_its_options_mid_run_stops_the_run_and_marks_no_image_failed(folder, tmp_path,
+                                                                                       monkeypatch):
+    part, _ = sub_folder(folder)
+    out = tmp_path / "out"
+    monkeypatch.setattr(engine, "check_methods", lambda loaded, names, options: None)  # no check up front
+    with pytest.raises(BadInputError, match="n_steps: expected a whole number >= 1, got 0"):
+        run_dataset([part], out, model=tiny_model(), methods="gradient,integrated_gradients",
+                    options={"n_steps": 0}, batch_size=4)
+    assert not [r for r in manifest_lines(out) if r["status"] != "ok"]  # gradient maps written, nothing failed
+
+
+def test_gradient_maps_are_the_adapters_gradient_bit_for_bit():
+    from gradsight.adapters.discovery import adapter_for
+    from gradsight.runs.compute import compute_batch, run_options
+
+    model = tiny_model()
+    x = np.random.default_rng(3).standard_normal((3, 40, 40, 3)).astype(np.float32)
+    for raw, targets, score, fast in (({}, [None] * 3, "logit", True), (["score=prob", "target=2", "fast=false"],
+                                                                          [2] * 3, "prob", False)):
+        options = run_options(["gradient"], raw)["gradient"]
+        out = adapter_for(model.module).score_gradient(model.module, x, targets, score, fast)
+        for i, result in enumerate(compute_batch(model, x, "gradient", options)):
+            assert np.array_equal(result.map, np.abs(out.gradient[i]).max(axis=-1)) and result.map.dtype == np.float32
+            assert np.array_equal(result.logits, out.logits[i]) and result.target == out.targets[i]
+
+
+def test_signed_maps_get_a_blue_white_red_png(folder, tmp_path):
+    from gradsight.rendering.attribution import to_rgb
+
+    part, rels = sub_folder(folder)
+    out = tmp_path / "out"
+    run_dataset([part], out, model=tiny_model(), methods="integrated_gradients", options={"n_steps": 2}, png=True,
+                float32=True, limit=2)
+    record = latest(out)[(rels[0], "integrated_gradients")]
+    values = np.load(out / record["map"]["file"])
+    assert values.min() < 0 < values.max() and record["map"]["min"] == pytest.approx(float(values.min()))
+    assert record["png"]["normalisation"].startswith("RGB, blue-white-red")
+    np.testing.assert_array_equal(np.asarray(Image.open(out / record["png"]["file"])), to_rgb(values))
+
+
+def test_collect_keeps_each_methods_diagnostics_and_resolved_options(folder, tmp_path):
+    import pyarrow.parquet as pq
+    import zarr
+
+    part, rels = sub_folder(folder)
+    out = tmp_path / "out"
+    run_dataset([part], out, model=tiny_model(), methods="integrated_gradients,grad_cam", options={"n_steps": 2})
+    state = latest(out)
+    group = zarr.open_group(str(collect(out, tmp_path / "maps.zarr")), mode="r")
+    gaps = [state[(rel, "integrated_gradients")]["per_image"]["completeness_gap"] for rel in rels]
+    np.testing.assert_array_equal(group["integrated_gradients"]["per_image_completeness_gap"][:], gaps)
+    assert "per_image_completeness_gap" not in group["grad_cam"]
+    table = pq.read_table(collect(out, tmp_path / "manifest.parquet")).to_pylist()
+    assert {json.loads(row["effective"])["layer"] for row in table if row["method"] == "grad_cam"} == {"9"}

@@ -62,3 +62,40 @@ def test_ray_engine_resumes_a_local_run_and_equals_the_local_engine(local_ray, t
         mine = np.load(mixed_out / record["map"]["file"]).astype(np.float32)
         theirs = np.load(local_out / twin["map"]["file"]).astype(np.float32)
         np.testing.assert_allclose(mine, theirs, rtol=F16_RTOL, atol=F16_ATOL + 1e-5 * theirs.max())
+
+
+@pytest.mark.slow
+def test_registry_methods_on_ray_equal_the_local_engine_and_a_refused_option_stops_the_run(local_ray, tmp_path,
+                                                                                           monkeypatch):
+    from gradsight.errors import BadInputError
+    from gradsight.runs import engine
+
+    root = tmp_path / "photos"
+    good = make_folder(root, 8, seed=5)
+    model = tiny_model()
+    methods, options = "integrated_gradients,grad_cam,smoothgrad", {"n_steps": 3, "smoothgrad.n_samples": 2}
+    local = run_dataset([root], tmp_path / "local", model=model, recursive=True, batch_size=4, methods=methods,
+                        options=options)
+    on_ray = run_dataset([root], tmp_path / "ray", model=model, recursive=True, batch_size=4, methods=methods,
+                         options=options, engine="ray", workers=2)
+    assert (local.done, local.failed) == (on_ray.done, on_ray.failed) == (3 * len(good), 3)
+    twins = {(r["path"], r["method"]): r for r in lines(tmp_path / "local")}
+    for record in lines(tmp_path / "ray"):
+        twin = twins[(record["path"], record["method"])]
+        assert record["status"] == twin["status"] and record["key"] == twin["key"]
+        if record["status"] != "ok":
+            continue
+        # the CAM layer found, the noise sigma of this image, the baseline: resolved the same way on an actor
+        assert record["target"] == twin["target"] and record["effective"] == twin["effective"]
+        for name, value in twin["per_image"].items():  # Integrated Gradients' completeness gap
+            assert record["per_image"][name] == pytest.approx(value, rel=1e-4, abs=1e-6)
+        mine = np.load(tmp_path / "ray" / record["map"]["file"]).astype(np.float32)
+        theirs = np.load(tmp_path / "local" / twin["map"]["file"]).astype(np.float32)
+        np.testing.assert_allclose(mine, theirs, rtol=F16_RTOL, atol=F16_ATOL + 1e-5 * np.abs(theirs).max())
+
+    # the same refusal from an actor as from the local engine, and no image marked failed for it
+    monkeypatch.setattr(engine, "check_methods", lambda loaded, names, options: None)  # no check up front
+    with pytest.raises(BadInputError, match="n_steps: expected a whole number >= 1, got 0"):
+        run_dataset([root / "a"], tmp_path / "refused", model=model, batch_size=4, methods="integrated_gradients",
+                    options={"n_steps": 0}, engine="ray", workers=1)
+    assert not [r for r in lines(tmp_path / "refused") if r["status"] != "ok"]

@@ -40,7 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     sal = commands.add_parser("saliency", help="vanilla-gradient saliency maps of image classifiers",
                               description="Saliency maps (max over colour channels of |d score / d input|).")
     sal.add_argument("images", nargs="*", type=Path,
-                     help="photos, '-' for standard input (default: the bundled ouzel.png)")
+                     help="photos, '-' for standard input (default: the bundled ouzel.png); folders and glob "
+                          "patterns only (or --recursive) make a dataset run, as `gradsight attribute DIR`: "
+                          "float16 .npy maps and a resumable manifest.jsonl under --out")
+    sal.add_argument("--recursive", "-r", action="store_true",
+                     help="a dataset run that searches subfolders (and lets '**' match them)")
     sal.add_argument("--model", default=DEFAULT_MODEL,
                      help=f"{', '.join(CURATED)}, torchvision:NAME or timm:NAME (default: {DEFAULT_MODEL})")
     sal.add_argument("--weights", type=Path, help="a local state-dict file (loaded with weights_only=True)")
@@ -102,13 +106,14 @@ def _fmt(values) -> str:
 def _run_rf(args) -> int:
     import json
 
-    from .receptive.analytic import as_network, input_shape_for, receptive_field
+    from .models.registry import as_loaded_model
+    from .receptive.analytic import input_shape_for, receptive_field
     from .receptive.measured import compare_fields
 
     if args.depth < 1:
         raise BadInputError("--depth", expected="a depth of at least 1 (1: the model's direct children)",
                             got=str(args.depth), fix="use --depth 1 or more, or --all for every module")
-    network = as_network(args.model)
+    network = as_loaded_model(args.model, architecture_only=True)
     shape = input_shape_for(network, args.input_size)
     report = receptive_field(network, shape[1:])
     rows = report.rows(None if args.all else args.depth)
@@ -178,7 +183,8 @@ def _run_node(args) -> int:
     import io
 
     from .adapters.discovery import adapter_for
-    from .receptive.analytic import as_network, input_shape_for
+    from .models.registry import as_loaded_model
+    from .receptive.analytic import input_shape_for
     from .receptive.node_gradient import default_inputs, node_gradient
     from .rendering.fields import node_gradient_figure
     from .rendering.files import write_atomic
@@ -186,7 +192,7 @@ def _run_node(args) -> int:
     if args.seed < 0:
         raise BadInputError("--seed", expected="a whole number >= 0", got=str(args.seed), fix="use e.g. --seed 0")
     _check_output_file(args.out)
-    network = as_network(args.model)
+    network = as_loaded_model(args.model, architecture_only=True)
     shape = input_shape_for(network, args.input_size)
     adapter = adapter_for(network.module)
     name, _ = adapter.resolve_layer(network.module, _layer_arg(args.layer, adapter.layer_names(network.module)))
@@ -229,7 +235,10 @@ def _run_saliency(args) -> int:
     from .models.registry import load_model
     from .rendering.files import make_output_folder, output_stems
     from .rendering.saliency_files import write_saliency
+    from .runs.cli import only_folders, run_saliency_folders
 
+    if args.recursive or only_folders(args.images):
+        return run_saliency_folders(args)
     if args.batch_size < 1:
         raise BadInputError("--batch-size", expected="a whole number >= 1", got=str(args.batch_size))
     items = image_arguments(list(args.images)) if args.images else [example_image_path()]

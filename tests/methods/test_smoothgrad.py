@@ -67,8 +67,6 @@ def test_smoothgrad_of_integrated_gradients_with_one_baseline_per_image():
     assert r.options["base_options"]["baseline"] == "array of shape (3, 4, 4, 3)"
 
 
-@pytest.mark.xfail(strict=True, raises=BadInputError, reason="attribute._chunk_options slices a top-level per-image "
-                   "baseline by batch but not one inside base_options: change requested from the lead (H7's report)")
 def test_per_image_baselines_inside_base_options_follow_their_images_through_batches():
     rng = np.random.default_rng(8)
     w = rng.standard_normal((4, 4, 3)).astype(np.float32)

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import difflib
 import sys
 from pathlib import Path
 
@@ -34,10 +35,12 @@ def parse_options(pairs: list[str] | None) -> dict:
     return options
 
 
-def per_method(options: dict, methods: list[str]) -> dict[str, dict]:
+def per_method(options: dict, methods: list[str], common: tuple[str, ...] = ()) -> dict[str, dict]:
     """Each method's options: 'KEY' goes to every listed method that takes it, 'METHOD.KEY' to that method.
 
-    An option no listed method takes is refused (with one method, the method's own message names its options).
+    ``common``: keys every method takes besides its own (a dataset run's score, target and fast). An option no
+    listed method takes is refused, with the closest name when there is one (with one method and no close
+    common key, the method's own message names its options).
     """
     from ..methods.registry import get_method
 
@@ -51,10 +54,16 @@ def per_method(options: dict, methods: list[str]) -> dict[str, dict]:
                                     got=repr(owner))
             chosen[owner][name] = value
             continue
-        users = [m for m in methods if key in takes[m]] or (methods if len(methods) == 1 else [])
+        users = [m for m in methods if key in takes[m] or key in common]
         if not users:
-            raise BadInputError(f"--option {key}", expected="an option of one of the methods: " + "; ".join(
-                f"{m}: {', '.join(takes[m]) or 'none'}" for m in methods), got=repr(key))
+            known = sorted({*common, *(k for m in methods for k in takes[m])})
+            close = difflib.get_close_matches(key, known, n=1)
+            if len(methods) == 1 and not (close and close[0] in common):
+                users = methods  # the method's own message lists what it takes
+            else:
+                raise BadInputError(f"--option {key}", expected="an option of one of the methods: " + "; ".join(
+                    f"{m}: {', '.join([*takes[m], *common]) or 'none'}" for m in methods), got=repr(key),
+                    fix=f"did you mean {close[0]!r}?" if close else "see `gradsight methods`")
         for m in users:
             chosen[m][key] = value
     return chosen

@@ -17,24 +17,34 @@ from tqdm.auto import tqdm
 from ..adapters.discovery import adapter_for
 from ..errors import BadInputError
 from ..inputs import prepare_inputs
+from ..models.registry import as_loaded_model
 from ..preprocess import Preprocess
 from ..results import AttributionResult
 from .job import SCORES, AttributionJob, target_list
 from .registry import get_method, method_options
-from .saliency import as_loaded_model
+
+
+def _per_image(value, count: int) -> bool:
+    return isinstance(value, np.ndarray) and value.ndim == 4 and len(value) == count
 
 
 def _chunk_options(options: dict, start: int, stop: int, count: int) -> dict:
-    """Options for images start..stop: a per-image baseline array (count, H, W, C) is sliced with them."""
-    baseline = options.get("baseline")
-    if isinstance(baseline, np.ndarray) and baseline.ndim == 4 and len(baseline) == count:
-        return {**options, "baseline": baseline[start:stop]}
-    return options
+    """Options for images start..stop: a per-image array (count, H, W, C), such as a baseline, is sliced with
+    them, also inside the options of a wrapped method (SmoothGrad's ``base_options``)."""
+    chunk = {}
+    for key, value in options.items():
+        if _per_image(value, count):
+            value = value[start:stop]
+        elif isinstance(value, dict) and any(_per_image(v, count) for v in value.values()):
+            value = {k: v[start:stop] if _per_image(v, count) else v for k, v in value.items()}
+        chunk[key] = value
+    return chunk
 
 
 def _recorded(options: dict) -> dict:
-    """Options as they are recorded in results and JSON: arrays are described, not copied."""
-    return {k: (f"array of shape {tuple(v.shape)}" if isinstance(v, np.ndarray) else v) for k, v in options.items()}
+    """Options as they are recorded in results and JSON: arrays are described, not copied (nested too)."""
+    return {k: (f"array of shape {tuple(v.shape)}" if isinstance(v, np.ndarray)
+                else _recorded(v) if isinstance(v, dict) else v) for k, v in options.items()}
 
 
 def attribute(model: Any, images: Any = None, *, method: str = "gradient", target: Any = None,
@@ -54,7 +64,7 @@ def attribute(model: Any, images: Any = None, *, method: str = "gradient", targe
         raise BadInputError("score", expected=f"one of {', '.join(SCORES)}", got=repr(score))
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise BadInputError("batch_size", expected="a whole number >= 1", got=repr(batch_size))
-    loaded = as_loaded_model(model, preprocess)
+    loaded = as_loaded_model(model, preprocess=preprocess)
     adapter = adapter_for(loaded.module)
     if adapter.name not in info.frameworks:
         raise BadInputError(f"method {info.name!r}", expected=f"a {' or '.join(info.frameworks)} model",
@@ -83,6 +93,9 @@ def attribute(model: Any, images: Any = None, *, method: str = "gradient", targe
     for key in outs[0].effective:  # per-chunk values (one noise sigma per image) are joined
         if isinstance(outs[0].effective[key], list):
             effective[key] = [v for o in outs for v in o.effective[key]]
+        elif isinstance(effective[key], dict) and isinstance(chosen.get(key), dict):
+            # a wrapped method's options as the first chunk saw them, with the user's arrays described whole
+            effective[key] = {**effective[key], **_recorded(chosen[key])}
     join = lambda name: None if getattr(outs[0], name) is None else np.concatenate(  # noqa: E731
         [getattr(o, name) for o in outs])
     return AttributionResult(

@@ -7,7 +7,8 @@ Example:
     (50000, 224, 224)
 
 Zarr (``pip install 'gradsight[collect]'``): per method a group with ``maps`` (N, rows, cols), ``paths``,
-``sha256``, ``target``, ``prediction`` and ``probability`` (N,), one row per image whose latest manifest line
+``sha256``, ``target``, ``prediction``, ``probability`` and the method's diagnostics ``per_image_<name>``
+(e.g. ``per_image_completeness_gap``) (N,), one row per image whose latest manifest line
 is ``ok``, sorted by path; the group's attributes hold the model, its weights' sha256, the options and what
 the maps are. Maps are read one at a time (memory stays flat). Images computed with different models or
 options are refused, naming both, rather than stacked together. Parquet: every manifest line, flattened,
@@ -82,6 +83,7 @@ def _parquet(records: list[dict], to: Path) -> None:
             "probability": prediction.get("probability"),
             "top5_classes": [t["class"] for t in r.get("top5") or []],
             "top5_probabilities": [t["probability"] for t in r.get("top5") or []],
+            "effective": json.dumps(r.get("effective")), "per_image": json.dumps(r.get("per_image")),
             "timing": json.dumps(r.get("timing")), "gradsight_version": r.get("gradsight_version"),
             "time": r.get("time"),
         })
@@ -92,7 +94,8 @@ def _parquet(records: list[dict], to: Path) -> None:
                         ("map_dtype", pa.string()), ("map_max", pa.float64()), ("target", pa.int64()),
                         ("prediction", pa.int64()), ("prediction_label", pa.string()),
                         ("probability", pa.float64()), ("top5_classes", pa.list_(pa.int64())),
-                        ("top5_probabilities", pa.list_(pa.float64())), ("timing", pa.string()),
+                        ("top5_probabilities", pa.list_(pa.float64())), ("effective", pa.string()),
+                        ("per_image", pa.string()), ("timing", pa.string()),
                         ("gradsight_version", pa.string()), ("time", pa.string())])
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
@@ -152,6 +155,8 @@ def _write_method(zarr, root, out: Path, method: str, rows: list[dict]) -> None:
         "prediction": ("int64", [r["prediction"]["class"] for r in rows]),
         "probability": ("float64", [r["prediction"]["probability"] for r in rows]),
     }
+    for key in rows[0].get("per_image") or {}:  # a method's diagnostics, e.g. Integrated Gradients' gap
+        columns[f"per_image_{key}"] = ("float64", [(r.get("per_image") or {}).get(key, np.nan) for r in rows])
     for name, (kind, values) in columns.items():
         array = group.create_array(name, shape=(count,), dtype=kind)
         array[:] = np.asarray(values, dtype=object if kind is str else kind)

@@ -11,7 +11,9 @@ current batch; a writer thread writes each map atomically and then its manifest 
 ``2 * max(batch_size, workers)`` images are being read or waiting, and at most two batches are being
 written, so memory stays flat however many images there are. Running the same call again skips every image
 and method whose latest manifest line is ``ok`` for the same file content, model weights, method and
-options (and whose files are on disk); Ctrl-C stops after the current batch with the manifest consistent.
+options (and whose files are on disk), so changing one method's option recomputes that method only; Ctrl-C
+stops after the current batch with the manifest consistent. A bad option value (checked up front on one blank
+input, or refused by a method later) stops the run with ``BadInputError``; no image is marked failed for it.
 """
 
 from __future__ import annotations
@@ -26,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import BadInputError
-from .compute import compute_batch, method_options, model_fingerprint, parse_methods, parse_option_pairs
+from .compute import check_methods, model_fingerprint, parse_methods, recorded_options, run_options, stores
 from .discover import find_images
 from .manifest import MANIFEST_NAME, Manifest
 from .model import resolve_model
@@ -55,6 +56,7 @@ class RunSummary:
     failed: int = 0
     failures: list = field(default_factory=list)  # (relative path, method, message)
     todo: list = field(default_factory=list)  # (relative path, methods) still to compute (dry run)
+    paths: list = field(default_factory=list)  # the relative path of every image found
     interrupted: bool = False
     dry_run: bool = False
     engine: str = "local"
@@ -98,13 +100,20 @@ def run_dataset(inputs, out, *, model: Any = "efficientnet_lite0", weights=None,
                 options=None, recursive: bool = False, batch_size: int = 8, workers: int | None = None,
                 png: bool = False, float32: bool = False, limit: int | None = None, dry_run: bool = False,
                 engine: str = "local", ray_address: str | None = None, actor_cpus: int = 1,
-                progress: bool = False, echo: Callable[[str], None] | None = None) -> RunSummary:
+                progress: bool = False, echo: Callable[[str], None] | None = None,
+                download: bool = False, check_model: Callable[[Any, int | None], None] | None = None
+                ) -> RunSummary:
     """Compute maps for every image of ``inputs`` (folders, globs, files) into ``out``; see the module doc.
 
-    ``methods``: ``"gradient"`` or several, comma-separated. ``options``: ``{"score": "prob"}`` or
-    ``["score=prob"]``, applied to the methods that know them. ``limit``: only the first N images (sorted by
+    ``methods``: any registered method (``gradsight methods``), or several, comma-separated. ``options``:
+    ``{"score": "prob", "n_steps": 16, "smoothgrad.n_samples": 20}`` or ``["score=prob", ...]``: the run
+    options score, target, fast and each method's own (a key goes to every method that takes it,
+    ``METHOD.KEY`` to one). Every option is checked, and every method run once on a blank input, before any
+    image is read: a bad value raises ``BadInputError``. ``limit``: only the first N images (sorted by
     relative path). ``workers``: reading threads (local) or actors (Ray, each with ``actor_cpus`` CPUs and as
-    many torch threads). ``echo`` receives the dry run's lines.
+    many torch threads). ``echo`` receives the dry run's lines. ``download``: allow published weights of a
+    named model to be downloaded. ``check_model(loaded, classes)`` runs once the model is loaded, before
+    anything is written (the CLI checks ``--expect`` there).
     """
     started = time.perf_counter()
     for name, value, optional in (("batch_size", batch_size, False), ("workers", workers, True),
@@ -117,18 +126,23 @@ def run_dataset(inputs, out, *, model: Any = "efficientnet_lite0", weights=None,
         raise BadInputError(f"output folder {str(out)!r}", expected="a folder (or a path to create one)",
                             got="an existing file", fix="choose another --out")
     names = parse_methods(methods)
-    raw = parse_option_pairs(options) if isinstance(options, (list, tuple)) else dict(options or {})
+    run_options(names, options)  # option names and run-option values, before anything is read or loaded
     sources = find_images(inputs, recursive, exclude=out)[:limit]
-    loaded, recipe = resolve_model(model, weights)
-    per_method = method_options(names, raw, _class_count(loaded, method_options(names, raw)))
+    loaded, recipe = resolve_model(model, weights, download=download)
+    classes = check_methods(loaded, names, run_options(names, options))
+    per_method = run_options(names, options, classes)
+    if check_model is not None:
+        check_model(loaded, classes)
     threads = workers or min(4, os.cpu_count() or 1)
     settings = RunSettings(
         out=out, model=loaded.name, model_weights=loaded.spec.weights, model_sha256=model_fingerprint(loaded.module),
         class_names=loaded.class_names, float32=float32, png=png,
-        options={m: dict(per_method[m], preprocess=loaded.preprocess.as_dict()) for m in names},
+        options={m: dict(recorded_options(per_method[m]), preprocess=loaded.preprocess.as_dict()) for m in names},
+        stores={m: stores(m, per_method[m]) for m in names},
         engine={"name": engine, "batch_size": batch_size}
         | ({"workers": threads} if engine == "local" else {"actors": workers, "actor_cpus": actor_cpus}))
-    summary = RunSummary(out=out, found=len(sources), dry_run=dry_run, engine=engine)
+    summary = RunSummary(out=out, found=len(sources), dry_run=dry_run, engine=engine,
+                         paths=[source.rel for source in sources])
     manifest = Manifest(out / MANIFEST_NAME)
     stop = threading.Event()
     bars = dict(disable=not progress, dynamic_ncols=True, unit="img", smoothing=0.1)
@@ -203,20 +217,6 @@ def _run_local(jobs, loaded, per_method, writer, pool, batch_size, workers, stop
     finally:
         stream.close()
         writes.close()
-
-
-def _class_count(loaded, per_method: dict) -> int | None:
-    """The model's number of classes when a target index needs checking: from its class names, else from one
-    pass on a blank input (a wrong index is a mistake in the command, not in every image)."""
-    if loaded.class_names is not None:
-        return len(loaded.class_names)
-    wanted = [m for m, options in per_method.items() if isinstance(options.get("target"), int)]
-    size = loaded.preprocess.input_size
-    if not wanted or size is None:
-        return None
-    blank = np.zeros((1, *size, len(loaded.preprocess.mean)), dtype=np.float32)
-    _, logits = compute_batch(loaded, blank, wanted[0], dict(per_method[wanted[0]], target="auto"))[0]
-    return int(logits.shape[-1])
 
 
 def _remove_temp_files(out: Path) -> None:

@@ -161,7 +161,7 @@ def _stat(path) -> tuple[int, int, bool] | None:
 
 def compute_outcomes(loaded, batch: list[Prepared], method_options: dict) -> list[Outcome]:
     """Maps for every prepared image and each of its methods; a failing batch is retried image by image so
-    that one bad input fails alone."""
+    that one bad input fails alone. A method's ``GradsightError`` (an option value, a layer, the model) is raised."""
     outcomes = []
     groups: dict[tuple, list[Prepared]] = {}
     for ready in batch:
@@ -177,6 +177,8 @@ def _compute(loaded, items: list[Prepared], method: str, options: dict) -> list[
     started = time.perf_counter()
     try:
         results = compute_batch(loaded, np.stack([ready.array for ready in items]), method, options)
+    except GradsightError:
+        raise  # a method refusing an option, a layer or the model is a mistake in the command: the run stops
     except Exception as err:
         if len(items) > 1:
             return [o for ready in items for o in _compute(loaded, [ready], method, options)]
@@ -184,10 +186,11 @@ def _compute(loaded, items: list[Prepared], method: str, options: dict) -> list[
         return [Outcome(ready.job.source.rel, method, ready.sha256, ready.size, error=describe(err),
                         converted_from=ready.converted_from, orientation=ready.orientation, timing=ready.timing)]
     share = round((time.perf_counter() - started) / len(items), 6)
-    return [Outcome(ready.job.source.rel, method, ready.sha256, ready.size, map=values, logits=logits,
+    return [Outcome(ready.job.source.rel, method, ready.sha256, ready.size, map=result.map, logits=result.logits,
+                    target=result.target, effective=result.effective, per_image=result.per_image,
                     converted_from=ready.converted_from, orientation=ready.orientation,
                     timing=dict(ready.timing, compute_s=share, batch=len(items)))
-            for ready, (values, logits) in zip(items, results)]
+            for ready, result in zip(items, results)]
 
 
 @contextlib.contextmanager

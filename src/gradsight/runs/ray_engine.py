@@ -22,15 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import BadInputError, MissingDependencyError
-from .compute import model_fingerprint
+from ..errors import BadInputError, GradsightError, MissingDependencyError
+from .compute import describe_fatal, fatal_error, model_fingerprint
 from .discover import Source
 from .pipeline import Job, compute_outcomes, describe, prepare
 from .progress import Counter, WriteQueue
 from .records import Outcome
 
 _COLUMNS = ("rel", "method", "sha256", "size", "error", "converted_from", "orientation", "map", "logits", "timing",
-            "worker", "fatal")
+            "worker", "target", "effective", "per_image", "fatal")
 
 
 def _ray():
@@ -59,10 +59,13 @@ class MapActor:
             self.loaded = recipe.load()
             found = model_fingerprint(self.loaded.module)
             if found != model_sha256:
-                self.fatal = (f"the model on Ray node {_node()} has weights with sha256 {found[:12]}..., the driver's "
-                              f"{model_sha256[:12]}...; install the same weights on every node")
+                self.fatal = describe_fatal(BadInputError(
+                    f"the model on Ray node {_node()}",
+                    expected=f"the driver's weights (sha256 {model_sha256[:12]}...)",
+                    got=f"weights with sha256 {found[:12]}...", fix="install the same weights on every node"))
         except Exception as err:
-            self.fatal = f"could not load the model on Ray node {_node()}: {describe(err)}"
+            self.fatal = describe_fatal(BadInputError(f"the model on Ray node {_node()}", expected="a model that loads",
+                                                      got=describe(err), fix="install the same model on every node"))
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="gradsight-read")
 
     def __call__(self, batch: dict) -> dict:
@@ -76,13 +79,18 @@ class MapActor:
         outcomes = [o for r in ready if r.error is not None for o in r.failed()]
         good = [r for r in ready if r.error is None]
         if good:
-            outcomes += compute_outcomes(self.loaded, good, self.options)
+            try:
+                outcomes += compute_outcomes(self.loaded, good, self.options)
+            except GradsightError as err:  # a mistake in the command: the driver stops the run with it
+                _row(rows, rel="", method="", fatal=describe_fatal(err))
+                return _columns(rows)
         worker = json.dumps({"node": _node(), "pid": os.getpid(), "torch_threads": self.torch_threads})
         for o in outcomes:
             _row(rows, rel=o.rel, method=o.method, sha256=o.sha256 or "", size=-1 if o.size is None else o.size,
                  error=o.error or "", converted_from=o.converted_from or "", orientation=o.orientation or "",
-                 map=_npy(o.map), logits=_npy(o.logits),
-                 timing=json.dumps(o.timing), worker=worker)
+                 map=_npy(o.map), logits=_npy(o.logits), timing=json.dumps(o.timing), worker=worker,
+                 target=-1 if o.target is None else int(o.target), effective=json.dumps(o.effective),
+                 per_image=json.dumps(o.per_image))
         return _columns(rows)
 
 
@@ -102,7 +110,8 @@ def _npy(values) -> bytes:
 
 def _row(rows: dict, **values) -> None:
     defaults = {"sha256": "", "size": -1, "error": "", "converted_from": "", "orientation": "", "map": b"",
-                "logits": b"", "timing": "{}", "worker": "{}", "fatal": ""}
+                "logits": b"", "timing": "{}", "worker": "{}", "target": -1, "effective": "{}", "per_image": "{}",
+                "fatal": ""}
     for name in _COLUMNS:
         value = values.get(name, defaults.get(name))
         rows[name].append(value)
@@ -111,7 +120,7 @@ def _row(rows: dict, **values) -> None:
 def _columns(rows: dict) -> dict:
     out = {}
     for name, values in rows.items():
-        column = np.empty(len(values), dtype=np.int64 if name == "size" else object)
+        column = np.empty(len(values), dtype=np.int64 if name in ("size", "target") else object)
         column[:] = values
         out[name] = column
     return out
@@ -122,14 +131,16 @@ def _outcome(batch: dict, i: int) -> Outcome:
     map_bytes, logit_bytes = batch["map"][i], batch["logits"][i]
     timing = json.loads(batch["timing"][i])
     timing["worker"] = json.loads(batch["worker"][i])
-    size = int(batch["size"][i])
+    size, target = int(batch["size"][i]), int(batch["target"][i])
     return Outcome(str(batch["rel"][i]), str(batch["method"][i]), str(batch["sha256"][i]) or None,
                    None if size < 0 else size,
                    map=np.load(io.BytesIO(map_bytes)) if len(map_bytes) else None,
                    logits=np.load(io.BytesIO(logit_bytes)) if len(logit_bytes) else None,
                    error=str(error) or None,
                    converted_from=str(batch["converted_from"][i]) or None,
-                   orientation=str(batch["orientation"][i]) or None, timing=timing)
+                   orientation=str(batch["orientation"][i]) or None, timing=timing,
+                   target=None if target < 0 else target, effective=json.loads(batch["effective"][i]),
+                   per_image=json.loads(batch["per_image"][i]))
 
 
 def start(ray, address: str | None) -> bool:
@@ -185,7 +196,7 @@ def run_ray(jobs, recipe, settings, per_method, writer, batch_size, workers, act
             for batch in stream:
                 fatal = [f for f in batch["fatal"] if f]
                 if fatal:
-                    raise BadInputError("model on the Ray workers", expected="the driver's model", got=fatal[0])
+                    raise fatal_error(fatal[0])
                 writes.put([_outcome(batch, i) for i in range(len(batch["rel"]))])
                 summary.max_in_flight = max(summary.max_in_flight, len(writes.futures))
                 if stop.is_set():

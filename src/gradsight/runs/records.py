@@ -9,7 +9,9 @@ Example:
 Layout: ``OUT/<relative path>.<method>.npy`` (and ``.png`` with ``png=True``) next to ``OUT/manifest.jsonl``.
 The .npy holds the raw map in float16 (float32 on request, or when float16 would change it by more than
 2**-10 of its maximum: tiny gradients, say of saturated probabilities, fall into float16's subnormal range).
-The PNG is ``round(clip(map / p99, 0, 1) * 255)`` like ``gradsight saliency``'s.
+The PNG is ``round(clip(map / p99, 0, 1) * 255)`` like ``gradsight saliency``'s; a signed map (Integrated
+Gradients, Input x Gradient) is blue-white-red, symmetric at the 99th percentile of |map|, as
+``gradsight attribute``'s files.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..rendering.files import write_atomic
-from .compute import METHODS, chosen_target
 from .manifest import Manifest, State, run_key
 
 FLOAT16_TOLERANCE = 2.0 ** -10
+_PNG = "round(clip(map / percentile(map, 99), 0, 1) * 255)"
+_SIGNED_PNG = "RGB, blue-white-red (RdBu_r): clip(map / percentile(|map|, 99), -1, 1), white at 0"
 
 
 @dataclass
@@ -44,6 +47,9 @@ class Outcome:
     converted_from: str | None = None
     orientation: str | None = None  # the EXIF orientation applied to read the photo upright
     timing: dict = field(default_factory=dict)
+    target: int | None = None  # the class explained
+    effective: dict = field(default_factory=dict)  # what the method resolved for this image (a CAM layer, a sigma)
+    per_image: dict = field(default_factory=dict)  # the method's diagnostics (Integrated Gradients' gap)
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,8 @@ class RunSettings:
     model_weights: str
     model_sha256: str
     class_names: tuple[str, ...] | None
-    options: dict  # {method: effective options, preprocessing included}
+    options: dict  # {method: effective options as recorded, preprocessing included}
+    stores: dict = field(default_factory=dict)  # {method: what its .npy holds}
     float32: bool = False
     png: bool = False
     engine: dict = field(default_factory=dict)
@@ -163,13 +170,17 @@ class Writer:
         buffer = io.BytesIO()
         np.save(buffer, stored)
         files = {npy: buffer.getvalue()}
+        signed = False
         if s.png:
             from PIL import Image
 
+            from ..rendering.attribution import is_signed, to_rgb
             from ..rendering.saliency import to_uint8
 
             buffer = io.BytesIO()
-            Image.fromarray(to_uint8(o.map), mode="L").save(buffer, format="PNG")
+            signed = is_signed(o.map)  # Integrated Gradients, Input x Gradient: negative values are shown
+            picture = Image.fromarray(to_rgb(o.map)) if signed else Image.fromarray(to_uint8(o.map), mode="L")
+            picture.save(buffer, format="PNG")
             files[png] = buffer.getvalue()
         npy.parent.mkdir(parents=True, exist_ok=True)
         if npy.exists() or png.exists():
@@ -180,16 +191,18 @@ class Writer:
         probs = _probabilities(o.logits)
         top = np.argsort(-probs, kind="stable")[:5]
         predicted = int(top[0])
-        target = chosen_target(s.options[o.method], o.logits)
+        target = predicted if o.target is None else int(o.target)
         timing = dict(o.timing, write_s=round(time.perf_counter() - started, 6))
         record = self._base(o) | {
             "status": "ok", "error": None,
             "map": {"file": npy.relative_to(s.out).as_posix(), "bytes": len(files[npy]), "dtype": str(stored.dtype),
                     "shape": list(stored.shape), "max": float(o.map.max(initial=0.0)),
-                    "stores": METHODS[o.method].stores, "note": note},
+                    "min": float(o.map.min(initial=0.0)),
+                    "stores": s.stores.get(o.method), "note": note},
             "png": ({"file": png.relative_to(s.out).as_posix(), "bytes": len(files[png]),
-                     "normalisation": "round(clip(map / percentile(map, 99), 0, 1) * 255)"} if s.png else None),
-            "target": target, "target_label": self._label(target),
+                     "normalisation": _SIGNED_PNG if signed else _PNG} if s.png else None),
+            "target": target, "target_label": self._label(target), "effective": o.effective,
+            "per_image": o.per_image,
             "prediction": {"class": predicted, "label": self._label(predicted), "probability": float(probs[predicted])},
             "top5": [{"class": int(c), "label": self._label(int(c)), "probability": float(probs[c])} for c in top],
             "converted_from": o.converted_from, "orientation": o.orientation, "timing": timing,
