@@ -161,8 +161,6 @@ def test_layers_that_are_missing_or_not_spatial_are_refused(resnet):
         attribute(resnet, x, method="layer_cam", layer="avgpool")  # (N, 512, 1, 1): a map of one position
 
 
-@pytest.mark.xfail(strict=True, reason="adapters/torch/gradients.layer_gradient takes the first of several calls "
-                                       "of a reused module: change requested from the lead (see H7's report)")
 def test_a_module_called_twice_is_refused_rather_than_read_at_its_first_call(resnet):
     # BasicBlock calls self.relu twice: inside the block, then on the block's output. Which one "layer4.1.relu"
     # means is ambiguous; today the first call's map is returned silently.
