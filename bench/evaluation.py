@@ -4,11 +4,14 @@ Run:  .venv/bin/python bench/evaluation.py [--steps 200] [--repeats 3] [--thread
 
 1. Deletion and insertion curves of one 224 x 224 image (the bundled photo) on the embedded EfficientNet-Lite0,
    ``steps`` steps (steps + 1 forward passes per curve), the pixel order of the gradient map:
-   - gradsight: ``evaluation.faithfulness.curve``, the forward passes batched (``--batches``);
+   - gradsight: ``evaluation.faithfulness.curve``, the forward passes batched (``--batches``), on the fast path
+     (BatchNorm folded, inference mode; the default) and, at batch 8, without it (``fast=False``);
    - a straightforward loop: the same perturbed images, one forward pass each (torch, eval, no_grad);
    - Quantus 0.6 ``PixelFlipping`` (deletion only, where comparable): it perturbs *elements* (channel x pixel),
      and ``features_in_step`` must divide 224 * 224, so 784 elements per step = 192 forward passes per curve.
-   The loop and gradsight compute the same curves (the largest difference is printed); times are medians.
+   The loop and gradsight compute the same curves (the largest difference is printed); times are medians of
+   wall-clock and of this process's CPU time (the CPU time is the fairer figure on a loaded machine with one
+   thread; with several threads, waiting threads spin and inflate it). The load average is printed first.
    Also the whole ``gradsight.faithfulness`` call (map + curve + random-order curve) per metric.
 2. A sanity check of one method (gradient) on torchvision ResNet50 with random weights, cascading through every
    parameter block (fc, each bottleneck, bn1, conv1): total time, and what a step costs (copy + re-initialise,
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import statistics
 import time
@@ -38,12 +42,19 @@ from gradsight.inputs import prepare_inputs
 
 
 def _median_time(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
+    wall, _, out = _median_times(fn, repeats)
+    return wall, out
+
+
+def _median_times(fn, repeats: int) -> tuple[float, float, object]:
+    """(median wall-clock seconds, median CPU seconds of this process, the last result)."""
+    wall, cpu, out = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu), out
 
 
 def loop_curve(net: torch.nn.Module, start: np.ndarray, end: np.ndarray, order: np.ndarray, counts: np.ndarray,
@@ -76,19 +87,22 @@ def bench_curves(steps: int, repeats: int, batches: list[int], with_quantus: boo
     rows_out = []
     for metric in ("deletion", "insertion"):
         start, end = (x[0], np.zeros_like(x[0])) if metric == "deletion" else (_rise_blur(x[0]), x[0])
-        t_loop, reference = _median_time(partial(loop_curve, net, start, end, order, counts, target), repeats)
-        rows_out.append((metric, "loop of single forward passes", 1, len(counts), t_loop, 1.0, 0.0))
-        for batch in batches:
-            t, values = _median_time(partial(curve, adapter, net, start, end, order, counts, target, "prob", batch),
-                                     repeats)
-            rows_out.append((metric, "gradsight curve (batched)", batch, len(counts), t, t_loop / t,
+        t_loop, c_loop, reference = _median_times(partial(loop_curve, net, start, end, order, counts, target),
+                                                  repeats)
+        rows_out.append((metric, "loop of single forward passes", 1, len(counts), t_loop, c_loop, 1.0, 1.0, 0.0))
+        runs = [(batch, True) for batch in batches] + [(8, False)]
+        for batch, fast in runs:
+            t, c, values = _median_times(partial(curve, adapter, net, start, end, order, counts, target, "prob",
+                                                 batch, fast), repeats)
+            how = "gradsight curve (batched, fast path)" if fast else "gradsight curve (batched, fast=False)"
+            rows_out.append((metric, how, batch, len(counts), t, c, t_loop / t, c_loop / c,
                              float(np.abs(values - reference).max())))
         if metric == "deletion" and with_quantus:
             rows_out.append(_quantus_row(net, x, explained.maps[0], target, repeats, t_loop, len(counts)))
-        t_call, _ = _median_time(lambda m=metric: faithfulness(model, None, method="gradient", metric=m, steps=steps),
-                                 repeats)
-        rows_out.append((metric, "gradsight.faithfulness (map + curve + random curve)", 32, 2 * len(counts),
-                         t_call, float("nan"), float("nan")))
+        t_call, c_call, _ = _median_times(
+            lambda m=metric: faithfulness(model, None, method="gradient", metric=m, steps=steps), repeats)
+        rows_out.append((metric, "gradsight.faithfulness (map + curve + random curve)", 8, 2 * len(counts),
+                         t_call, c_call, float("nan"), float("nan"), float("nan")))
     return rows_out
 
 
@@ -107,8 +121,8 @@ def _quantus_row(net, x, saliency, target, repeats, t_loop, loop_passes) -> tupl
                                              channel_first=True, softmax=True, device="cpu"), repeats)
     passes = len(out[0])
     # per forward pass, Quantus against the loop: the fair comparison when the step counts differ
-    return ("deletion", "quantus.PixelFlipping (784 elements/step)", 1, passes, t,
-            (t_loop / loop_passes) / (t / passes), float("nan"))
+    return ("deletion", "quantus.PixelFlipping (784 elements/step)", 1, passes, t, float("nan"),
+            (t_loop / loop_passes) / (t / passes), float("nan"), float("nan"))
 
 
 def bench_sanity(repeats: int) -> dict:
@@ -130,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batches", type=int, nargs="+", default=[8, 32, 64])
+    parser.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--no-quantus", action="store_true")
     parser.add_argument("--no-sanity", action="store_true")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -138,14 +152,30 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {platform.machine()}, {platform.processor() or '?'}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; median of {args.repeats}")
+          f"{torch.get_num_threads()} threads; median of {args.repeats}; load average "
+          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     print(f"\n1. one curve of one 224 x 224 image, EfficientNet-Lite0, {args.steps} steps\n")
-    print(f"{'metric':10s} {'how':52s} {'batch':>5s} {'passes':>6s} {'time s':>8s} {'speed-up':>8s} "
-          f"{'max |diff|':>10s}")
-    for metric, how, batch, passes, t, ratio, diff in bench_curves(args.steps, args.repeats, args.batches,
-                                                                   not args.no_quantus):
-        print(f"{metric:10s} {how:52s} {batch:5d} {passes:6d} {t:8.2f} {ratio:8.2f} {diff:10.1e}")
-    print("speed-up: against the loop, same curve; for Quantus per forward pass (its step count differs)")
+    print(f"{'metric':10s} {'how':52s} {'batch':>5s} {'passes':>6s} {'wall s':>7s} {'cpu s':>7s} {'speed-up':>8s} "
+          f"{'(cpu)':>6s} {'max |diff|':>10s}")
+    rows = bench_curves(args.steps, args.repeats, args.batches, not args.no_quantus)
+    for metric, how, batch, passes, t, c, ratio, ratio_cpu, diff in rows:
+        print(f"{metric:10s} {how:52s} {batch:5d} {passes:6d} {t:7.2f} {c:7.2f} {ratio:8.2f} {ratio_cpu:6.2f} "
+              f"{diff:10.1e}")
+    # The issue's figure: deletion + insertion of the image together, against the loop doing both.
+    totals: dict[tuple[str, int], list[float]] = {}
+    for _metric, how, batch, _, t, c, *_ in rows:
+        if how.startswith(("loop", "gradsight curve")):
+            entry = totals.setdefault((how, batch), [0.0, 0.0, 0])
+            entry[0], entry[1], entry[2] = entry[0] + t, entry[1] + c, entry[2] + 1
+    loop = totals.get(("loop of single forward passes", 1))
+    if loop is not None and loop[2] == 2:
+        for (how, batch), (t, c, n) in totals.items():
+            if n == 2 and how.startswith("gradsight"):
+                print(f"deletion + insertion, {how}, batch {batch}: {t:.2f} s wall, {c:.2f} s cpu -> "
+                      f"{loop[0] / t:.2f}x (wall), {loop[1] / c:.2f}x (cpu) the loop's {loop[0]:.2f} s")
+    print("speed-up: against the loop (wall, and CPU time), same curve; for Quantus per forward pass (its step "
+          "count differs)")
+    print("load average after: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     if args.no_sanity:
         return
     s = bench_sanity(args.repeats)

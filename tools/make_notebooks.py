@@ -326,7 +326,8 @@ network is randomised (each map scaled on its own, as in the paper). Under each 
 the original."""),
     ("code", """gradsight.sanity_figure(report)"""),
     ("md", """The gradient changes as soon as the classifier is randomised and keeps changing all the way down;
-Grad-CAM's coarse map changes too. Guided backprop keeps the *same* picture while the classifier, the head and
+Grad-CAM's coarse 7 x 7 map changes too, by how much depends on the random weights drawn (section 1b). Guided
+backprop keeps the *same* picture while the classifier, the head and
 the last stage — about a third of the weights — are random: its map does not depend on them. It changes only
 when the lowest blocks, which draw its edge picture, are randomised. The curves below average the similarity
 over the steps; the verdict compares that average (the area under the curve) with the threshold 0.5."""),
@@ -337,10 +338,22 @@ for m in methods:
     verdict = "depends on the weights" if report.verdicts()[m] else "barely changes: fails the check"
     print(f"{m:16s} mean similarity {report.mean_similarity(m):.2f}, "
           f"after every block {report.final_similarity(m):+.2f} -> {verdict}")
-assert report.verdicts() == {"gradient": True, "grad_cam": True, "guided_backprop": False}
+assert report.verdicts()["gradient"] and not report.verdicts()["guided_backprop"]
 assert gradient[0] < 0.8 and gradient[-1] < 0.15      # changes at once, and completely
-assert (guided[:4] > 0.95).all()                        # classifier, head, last stage random: the same map
-assert report.mean_similarity("grad_cam") < 0.35"""),
+assert (guided[:4] > 0.95).all()                        # classifier, head, last stage random: the same map"""),
+    ("md", """### 1b. One random draw is not enough for Grad-CAM
+
+Each block's random weights come from a stream named by the seed and the block, so another seed is another
+draw. The gradient's and guided backprop's verdicts hold for any seed; Grad-CAM's coarse map sometimes keeps
+a centred blob that ranks like the original's. Averaged over four draws it depends on the weights."""),
+    ("code", """cam = {seed: gradsight.sanity_check(model, methods=["grad_cam"], seed=seed).mean_similarity("grad_cam")
+       for seed in range(1, 4)}
+cam[0] = report.mean_similarity("grad_cam")
+print("Grad-CAM mean similarity by seed:", {s: round(v, 2) for s, v in sorted(cam.items())})
+mean_over_seeds = sum(cam.values()) / len(cam)
+print(f"over the four seeds: {mean_over_seeds:.2f}")
+assert mean_over_seeds < report.threshold                 # depends on the weights, on average
+assert max(cam.values()) - min(cam.values()) > 0.3        # ... but one draw can say either"""),
     ("md", """## 2. The random-logit check
 
 The same question for the *class*: the map of a random other class should differ from the map of the

@@ -116,3 +116,68 @@ def test_layers_and_input_shape(pair):
     (ta, tm), (ka, km) = pair
     assert ta.resolve_layer(tm, "L3")[0] == ka.resolve_layer(km, "L3")[0] == "L3"
     assert ta.default_input_shape(tm) == ka.default_input_shape(km) == (1, 128, 128)
+
+
+def test_predict_fast_equals_the_plain_pass(pair, inputs):
+    t, k = both(pair, lambda a, m: a.predict(m, inputs, batch_size=2, fast=True))
+    t0, k0 = both(pair, lambda a, m: a.predict(m, inputs, batch_size=2, fast=False))
+    np.testing.assert_allclose(t, t0, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(k, k0, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(t, k, rtol=RTOL, atol=ATOL)
+
+
+def test_parameter_blocks_are_the_same_layers_top_first(pair):
+    (ta, tm), (ka, km) = pair
+    t, k = ta.parameter_blocks(tm), ka.parameter_blocks(km)
+    # PyTorch names the modules inside the seed CNN's stages (L6.conv), Keras the layers (L6): the same weights
+    assert [name.split(".")[0] for name in t] == ["head", "L6", "L5", "L4", "L3", "L2", "L1"]
+    assert k == ["dense", "L6", "L5", "L4", "L3", "L2", "L1"]
+    sizes_t = [sum(p.numel() for p in tm.get_submodule(name).parameters()) for name in t]
+    sizes_k = [sum(int(np.prod(w.shape)) for w in km.get_layer(name).weights) for name in k]
+    assert sizes_t == sizes_k and sizes_t[0] == 64 * 10 + 10  # the dense layer first
+
+
+def test_kept_parameters_none_in_the_seed_cnn(pair):
+    for adapter, model in pair:
+        blocks = adapter.parameter_blocks(model)
+        assert adapter.kept_parameters(model, blocks) == {}
+        assert adapter.kept_parameters(model, blocks, outside=True) == {}
+        # with only the top block listed, everything below it is outside the blocks, by name
+        outside = adapter.kept_parameters(model, blocks[:1], outside=True)[""]
+        assert len(outside) == 12 and all("L" in name for name in outside)
+
+
+def test_structure_key_sees_geometry_not_weights(pair):
+    from gradsight.adapters.keras.models import keras_seed_cnn
+    from gradsight.adapters.torch.zoo import seed_cnn
+
+    others = (seed_cnn("torch", seed=3), keras_seed_cnn(seed=3, classes=5))  # other padding / other class count
+    for (adapter, model), other in zip(pair, others):
+        key = adapter.structure_key(model)
+        redrawn = adapter.modified_copy(model, "reinit", layers=adapter.parameter_blocks(model), seed=9)
+        assert adapter.structure_key(redrawn) == key  # new weights, same geometry
+        assert adapter.structure_key(other) != key
+        assert adapter.structure_key(model) == key  # stable
+
+
+def test_untraced_layer_is_pytorch_only(pair, inputs):
+    from gradsight.adapters.protocol import UntracedLayer
+
+    (ta, tm), (ka, km) = pair
+    assert isinstance(ta, UntracedLayer) and not isinstance(ka, UntracedLayer)
+    assert not hasattr(ka, "untraced_layer")
+    # the grid read from a forward pass is the one the trace computes
+    axes, shape = ta.untraced_layer(tm, "L4", inputs[0])
+    field = ta.trace_fields(tm, (1, 128, 128))["L4"]
+    assert axes is None and shape == (*field.spatial_shape, 32)
+
+
+def test_every_protocol_method_is_checked_here():
+    from gradsight.adapters.protocol import ModelAdapter
+
+    members = {name for name in vars(ModelAdapter) if not name.startswith("_") and callable(getattr(ModelAdapter,
+                                                                                                  name))}
+    checked = {"predict", "score_gradient", "layer_gradient", "unit_gradients", "support_map", "modified_copy",
+               "parameter_blocks", "kept_parameters", "structure_key", "trace_fields", "resolve_layer",
+               "layer_names", "default_input_shape"}
+    assert members == checked

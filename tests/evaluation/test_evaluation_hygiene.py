@@ -43,6 +43,21 @@ def test_faithfulness_leaves_the_model_bit_identical():
     assert_same(before, snapshot(net))
 
 
+def test_the_fast_forward_path_leaves_the_model_bit_identical():
+    # no hook this time: the BatchNorm-folded copy is built and used (a hooked model runs as it is)
+    net, x = mixed_state_net(), normal_inputs(1, 16, seed=1)
+    net[12]._forward_hooks.clear()
+    before = snapshot(net)
+    result = faithfulness(net, x, method="gradient", metric="deletion", steps=8)
+    assert result.options["fast"] is True
+    assert_same(before, snapshot(net))
+    # and the model's own forward pass afterwards is what it was (nothing left in inference mode)
+    with torch.enable_grad():
+        out = net(torch.from_numpy(x).permute(0, 3, 1, 2)).sum()
+        out.backward()
+    assert net[0].bias.grad is not None
+
+
 def test_an_unknown_method_listed_second_fails_before_any_work_and_touches_nothing(monkeypatch):
     net, x = mixed_state_net(), normal_inputs(1, 16, seed=1)
     before = snapshot(net)

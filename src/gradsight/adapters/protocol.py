@@ -15,9 +15,15 @@ Conventions shared by every method below:
 - ``fast`` has one meaning everywhere: run an optimised graph that computes the same function, cached per
   model and rebuilt when the model changes (PyTorch: a private copy with BatchNorm folded into the
   convolutions, checked against the model; Keras: a compiled ``tf.function``). Results are equal to rounding;
-  ``fast=False`` runs the model as it is;
+  ``fast=False`` runs the model as it is. ``predict`` alone defaults to ``fast=False`` (forward-only scores are
+  cheap to get exactly; callers with many passes, such as the deletion curves, ask for ``fast=True``);
 - the model runs in inference mode (BatchNorm statistics, no dropout), and nothing of the user's model changes:
   weights, flags, hooks, gradients — also when a call fails.
+
+One method is PyTorch-only and not part of ``ModelAdapter``: ``untraced_layer(model, layer, inputs)`` (see
+``UntracedLayer``), the output grid of a layer the receptive-field trace could not follow (callers check for
+it with ``hasattr``). Keras has no such method: there, a layer past an operation the trace refuses is refused
+with the trace's message.
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ class ModelAdapter(Protocol):
     #: "torch" or "keras": recorded in results, and the key of a method's ``frameworks``.
     name: str
 
-    def predict(self, model: Any, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Class scores (N, K), forward only, ``batch_size`` inputs at a time (occlusion, deletion curves)."""
+    def predict(self, model: Any, inputs: np.ndarray, batch_size: int = 64, fast: bool = False) -> np.ndarray:
+        """Class scores (N, K), forward only, ``batch_size`` inputs at a time (occlusion, deletion curves).
+        ``fast``: PyTorch runs its BatchNorm-folded copy under inference mode, Keras a compiled tf.function."""
         ...
 
     def score_gradient(self, model: Any, inputs: np.ndarray, targets: Sequence[int | None],
@@ -71,6 +78,23 @@ class ModelAdapter(Protocol):
         linearised activations, or ``layers`` re-initialised from ``seed``. The user's model is untouched."""
         ...
 
+    def parameter_blocks(self, model: Any) -> list[str]:
+        """The blocks a sanity check re-initialises by default, top (logits) first: those with parameters that
+        their own initialisers can draw again (PyTorch: direct children, stage sequences opened one level;
+        Keras: the model's layers)."""
+        ...
+
+    def kept_parameters(self, model: Any, layers: Sequence[Any], outside: bool = False) -> dict[str, list[str]]:
+        """{block: names of its parameters that ``modified_copy(model, "reinit", layers=...)`` keeps as they
+        are} (PyTorch: not owned by a module with ``reset_parameters``; Keras: weights whose layer has no
+        initializer for them); ``outside``: also, under "", the model's parameters in none of ``layers``."""
+        ...
+
+    def structure_key(self, model: Any) -> tuple:
+        """Everything but weight values that decides the model's geometry (layer names, types, attributes,
+        weight shapes): equal keys, equal receptive fields (caches of fields key on it)."""
+        ...
+
     def trace_fields(self, model: Any, input_shape: tuple[int, ...], name: str | None = None) -> FieldReport:
         """The analytic receptive field of every layer for an input of ``input_shape`` (channels, rows, cols)."""
         ...
@@ -85,4 +109,14 @@ class ModelAdapter(Protocol):
 
     def default_input_shape(self, model: Any) -> tuple[int, ...]:
         """(channels, rows, cols) the model is meant for, when the model says so; 224x224 otherwise."""
+        ...
+
+
+@runtime_checkable
+class UntracedLayer(Protocol):
+    """The PyTorch adapter's extra: the output grid of a layer past an operation the trace refuses."""
+
+    def untraced_layer(self, model: Any, layer: Any, inputs: np.ndarray) -> tuple[Any, tuple[int, int, int]]:
+        """(spatial axes or None, (rows, cols, channels)) of ``layer``'s output, from one forward pass on
+        ``inputs`` (H, W, C); layers whose layout cannot be known from their type are refused."""
         ...

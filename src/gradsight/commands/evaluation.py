@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import warnings
 from pathlib import Path
 
 from .options import image_arguments, parse_options, per_method, split_names
@@ -72,14 +73,18 @@ def run_sanity(args) -> int:
     images = image_arguments(list(args.images)) or None
     model = load_model(args.model, weights=args.weights)
     blocks = split_names(args.blocks) if args.blocks else None
-    report = sanity_check(model, images, methods=methods, order=args.order, blocks=blocks,
-                          seed=args.seed, method_options=options)
+    with warnings.catch_warnings():  # the kept parameters are printed below, as a line of the summary
+        warnings.filterwarnings("ignore", message="gradsight sanity_check", category=UserWarning)
+        report = sanity_check(model, images, methods=methods, order=args.order, blocks=blocks,
+                              seed=args.seed, method_options=options)
     print(f"model {report.model_name}: {len(report.blocks)} blocks randomised ({report.order}), seed {args.seed}")
     for method, depends in report.verdicts().items():
         final = report.mean_similarity(method)
         print(f"  {method:22s} mean rank correlation of |map| over the randomisation: {final:+.3f} -> "
               + ("depends on the weights" if depends else "barely changes: it does NOT pass"))
     print(f"  (passes when below {report.threshold:g})")
+    if report.kept:
+        print(f"  not randomised: {report.kept_note(limit=8)}")
     files = {"sanity.json": (json.dumps(report.as_dict(), indent=2) + "\n").encode(),
              "sanity_maps.png": _png(sanity_figure(report)),
              "sanity_curves.png": _png(similarity_curves_figure(report))}

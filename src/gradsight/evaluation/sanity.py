@@ -2,7 +2,7 @@
 
 Example:
     >>> import gradsight                                                                  # doctest: +SKIP
-    >>> report = gradsight.sanity_check("efficientnet_lite0", methods=["gradient", "guided_backprop"])
+    >>> report = gradsight.sanity_check("efficientnet_lite0", methods=["gradient", "guided_backprop"])  # doctest: +SKIP
     >>> report.verdicts()                                                                 # doctest: +SKIP
     {'gradient': True, 'guided_backprop': False}
 
@@ -17,10 +17,19 @@ classifier, the head and the last stage are randomised, and changes only when th
 fully randomised model alone would call it weight-dependent; the average says what the paper's figure shows.
 The data-randomisation counterpart here is the random-logit check: the map of a random other class against
 the map of the explained class.
+
+Each layer is re-drawn from its own random stream, named by the seed and the layer's path (PyTorch: each
+module with ``reset_parameters``; Keras: each weight), so a block gets the same random weights in a cascade and
+in an independent copy, whatever other blocks are listed. Parameters that no initialiser of their own reaches
+(torchvision ConvNeXt's ``layer_scale``, a custom module's bare ``nn.Parameter``, MultiheadAttention's
+``in_proj_weight``, a Keras LayerScale or Normalization layer; with the default blocks also the parameters in
+no block, such as a ViT's ``class_token``) keep their values in every randomised copy: never silently, they
+are listed in ``SanityReport.kept``, its JSON and figure, and announced by one ``UserWarning``.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,11 +40,12 @@ from ..errors import BadInputError
 from ..methods.attribute import attribute
 from ..methods.registry import get_method
 from ..methods.registry import method_options as checked_options
-from ..methods.saliency import as_loaded_model
+from ..models.registry import as_loaded_model
 from .similarity import MEASURES, check_shapes, similarities
 
 ORDERS = ("cascade", "independent")
 DEFAULT_THRESHOLD = 0.5
+OUTSIDE = "(outside the blocks)"  # the key in ``kept`` of parameters that belong to no block randomised
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +55,10 @@ class SanityReport:
     ``steps``: the block randomised last at each step: cascade step s has blocks[:s + 1] randomised,
     independent step s only blocks[s];
     ``scores[method][measure]``: (steps, N) similarities; ``maps[method]``: (1 + steps, N, H, W), the original
-    first; ``random_logit[method][measure]``: (N,) similarity of a random other class's map to the original.
+    first; ``random_logit[method][measure]``: (N,) similarity of a random other class's map to the original;
+    ``kept``: {block: names of its parameters that every randomised copy keeps as they were} (no initialiser
+    re-draws them), with the default blocks also ``OUTSIDE``: the parameters in no block. Empty when every
+    parameter was re-drawn.
     """
 
     model_name: str
@@ -61,7 +74,12 @@ class SanityReport:
     threshold: float = DEFAULT_THRESHOLD
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    kept: dict[str, tuple[str, ...]] = field(default_factory=dict)
     photos: tuple = field(default=(), repr=False)
+
+    def kept_note(self, limit: int = 4) -> str:
+        """One sentence naming the parameters kept in every randomised copy; "" when there are none."""
+        return kept_note(self.kept, limit)
 
     def final_similarity(self, method: str, measure: str = "spearman_abs") -> float:
         """Mean similarity over images after the last randomisation step."""
@@ -80,10 +98,13 @@ class SanityReport:
             "step (one block randomised at a time)"
         rule = (f"a method depends on the weights when the Spearman rank correlation of |map| with the original, "
                 f"averaged over every {steps} and every image, is below {self.threshold:g}")
+        if self.kept:
+            rule += ". " + self.kept_note()
         return {
             "model": self.model_name, "order": self.order, "seed": self.seed, "blocks": list(self.blocks),
             "steps": list(self.steps), "targets": self.targets.tolist(), "options": self.options,
             "verdict_rule": rule,
+            "kept_parameters": {block: list(names) for block, names in self.kept.items()},
             "verdicts": {m: {"depends_on_weights": bool(v), "mean_spearman_abs": self.mean_similarity(m),
                              "final_spearman_abs": self.final_similarity(m)} for m, v in self.verdicts().items()},
             "similarities": {m: {measure: {"mean": self.scores[m][measure].mean(axis=1).tolist(),
@@ -118,8 +139,9 @@ def sanity_check(model: Any, images: Any = None, *, methods=("gradient", "guided
                             got=f"options for {', '.join(repr(m) for m in strays)}", fix="add it to methods")
     for m in methods:  # every name and option is checked before the first map is computed
         checked_options(get_method(m), options.get(m, {}))
-    loaded = as_loaded_model(model, preprocess)
+    loaded = as_loaded_model(model, preprocess=preprocess)
     adapter = adapter_for(loaded.module)
+    defaulted = blocks is None
     if blocks is not None:
         blocks = tuple([blocks] if isinstance(blocks, str) else blocks)
         if not blocks:
@@ -134,6 +156,11 @@ def sanity_check(model: Any, images: Any = None, *, methods=("gradient", "guided
     # Every block is re-initialised once here, so a block that cannot be is refused before any map is computed;
     # this copy is the cascade's last step.
     everything = adapter.modified_copy(loaded.module, "reinit", layers=list(blocks), seed=seed)
+    kept = {OUTSIDE if block == "" else block: tuple(names) for block, names in
+            adapter.kept_parameters(loaded.module, list(blocks), outside=defaulted).items()}
+    if kept:
+        warnings.warn(f"gradsight sanity_check: {kept_note(kept)} They are listed in SanityReport.kept.",
+                      UserWarning, stacklevel=2)
     # fast=False: BatchNorm folding is prepared once per model object and pays only when a model is reused;
     # every randomised copy is new (on ResNet50 folding made a step 3x slower). One path for all maps.
     originals = {m: attribute(loaded, images, method=m, target=target, batch_size=batch_size, fast=False,
@@ -169,7 +196,24 @@ def sanity_check(model: Any, images: Any = None, *, methods=("gradient", "guided
                                         for i in range(len(targets))]) for k in MEASURES}
     return SanityReport(loaded.name, order, methods, blocks, tuple(steps), scores,
                         {m: np.stack(v) for m, v in maps.items()}, random_logit, random_classes, targets,
-                        threshold, seed, {m: dict(originals[m].options) for m in methods}, first.photos)
+                        threshold, seed, {m: dict(originals[m].options) for m in methods}, kept, first.photos)
+
+
+def kept_note(kept: dict[str, tuple[str, ...]], limit: int = 4) -> str:
+    """One sentence naming the parameters that every randomised copy keeps; "" when there are none.
+
+    Example:
+        >>> kept_note({"features.1": ("features.1.0.layer_scale",)})[:52]
+        "1 parameter keeps the model's values in every random"
+    """
+    names = [n for block in kept.values() for n in block]
+    if not names:
+        return ""
+    shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    many = len(names) > 1
+    return (f"{len(names)} parameter{'s keep' if many else ' keeps'} the model's values in every randomised copy "
+            f"(no initialiser of {'their' if many else 'its'} own re-draws {'them' if many else 'it'}; in "
+            f"{', '.join(kept)}): {shown}.")
 
 
 def _like(loaded, module):

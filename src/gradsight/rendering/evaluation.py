@@ -13,6 +13,8 @@ as in the paper, which normalises every map before showing it: the picture compa
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
@@ -33,10 +35,19 @@ def _show(ax, values: np.ndarray, percentile: float) -> None:
     ax.set_yticks([])
 
 
+def _kept_footnote(fig: Figure, report, width_inches: float) -> None:
+    """Name, under the figure, the parameters that every randomised copy kept (none: nothing is added)."""
+    note = report.kept_note(limit=6)
+    if note:
+        fig.supxlabel(textwrap.fill("Not randomised: " + note, width=max(60, int(width_inches * 16))), fontsize=7,
+                      color="darkred")
+
+
 def sanity_figure(report, i: int = 0, percentile: float = DEFAULT_PERCENTILE) -> Figure:
     """Rows = methods; columns = the original map, then the map after each randomisation step (cascade: the
     named block and every block above it randomised; independent: that block alone), for input ``i``.
-    Under each randomised map: its Spearman rank correlation of |map| with the original."""
+    Under each randomised map: its Spearman rank correlation of |map| with the original; under the figure, the
+    parameters no randomisation re-drew (``report.kept``), if any."""
     methods, steps = report.methods, report.steps
     photo = report.photos[i] if i < len(report.photos) and report.photos[i] is not None else None
     columns = 2 + len(steps) if photo is not None else 1 + len(steps)
@@ -66,6 +77,7 @@ def sanity_figure(report, i: int = 0, percentile: float = DEFAULT_PERCENTILE) ->
            else "independent randomisation, one block at a time")
     fig.suptitle(f"{report.model_name}: {how} (seed {report.seed}); class {int(report.targets[i])}; "
                  "under each map: Spearman |map| with the original", fontsize=9)
+    _kept_footnote(fig, report, fig.get_figwidth())
     return fig
 
 
@@ -97,6 +109,7 @@ def similarity_curves_figure(report) -> Figure:
     randomised = "cumulatively from the top" if report.order == "cascade" else "one block at a time"
     fig.suptitle(f"{report.model_name}: similarity of randomised maps to the original (blocks randomised "
                  f"{randomised}; mean over {len(report.targets)} input(s))", fontsize=10)
+    _kept_footnote(fig, report, fig.get_figwidth())
     return fig
 
 

@@ -31,8 +31,9 @@ class KerasAdapter:
 
     name = "keras"
 
-    def predict(self, model: keras.Model, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        return gradients.predict(model, inputs, batch_size)
+    def predict(self, model: keras.Model, inputs: np.ndarray, batch_size: int = 64, fast: bool = False) -> np.ndarray:
+        """``fast``: a ``tf.function`` compiled once per model (``fast=False`` runs eagerly)."""
+        return gradients.predict(model, inputs, batch_size, fast)
 
     def score_gradient(self, model: keras.Model, inputs: np.ndarray, targets: Sequence[int | None],
                        score: str = "logit", fast: bool = True) -> ScoreGradient:
@@ -58,6 +59,9 @@ class KerasAdapter:
 
     def parameter_blocks(self, model: keras.Model) -> list[str]:
         return modifiers.parameter_blocks(model)
+
+    def kept_parameters(self, model: keras.Model, layers: Sequence[Any], outside: bool = False) -> dict[str, list[str]]:
+        return modifiers.kept_parameters(model, layers, outside)
 
     def trace_fields(self, model: keras.Model, input_shape: tuple[int, ...], name: str | None = None) -> FieldReport:
         return trace.trace_fields(model, input_shape, name)

@@ -106,23 +106,29 @@ def score_gradient(model: keras.Model, inputs: np.ndarray, targets: Sequence[int
     return ScoreGradient(logits, np.asarray(chosen), np.asarray(grad))
 
 
-def predict(model: keras.Model, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def predict(model: keras.Model, inputs: np.ndarray, batch_size: int = 64, fast: bool = False) -> np.ndarray:
     """Pre-softmax class scores (N, K), float32, forward only, ``batch_size`` inputs at a time.
 
     Example:
         >>> predict(model, x, batch_size=16).argmax(axis=1)       # the predicted classes   # doctest: +SKIP
 
     A model whose output rows are probabilities with no softmax to step over gives log(probabilities), as
-    ``score_gradient`` does: scores whose softmax is the model's output.
+    ``score_gradient`` does: scores whose softmax is the model's output. ``fast``: the forward pass runs as a
+    ``tf.function`` compiled once per model (equal to the eager pass to rounding); ``fast=False`` runs eagerly.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise BadInputError("batch_size", expected="a positive integer", got=repr(batch_size))
     revalidate(model)
-    forward = forward_pass(model)
+    forward = run = forward_pass(model)
+    if fast:
+        compiled = model_cache(model, "compiled")  # holds the ForwardPass, not the model
+        if "predict" not in compiled:
+            compiled["predict"] = tf.function(forward.__call__, reduce_retracing=True)
+        run = compiled["predict"]
     x = as_batch(model, inputs)
     outputs, scores = [], []
     for start in range(0, len(x), batch_size):
-        output, score = forward(tf.convert_to_tensor(x[start:start + batch_size]))
+        output, score = run(tf.convert_to_tensor(x[start:start + batch_size]))
         outputs.append(np.asarray(output, np.float32))
         scores.append(np.asarray(score, np.float32))
     if not outputs:

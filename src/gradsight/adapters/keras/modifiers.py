@@ -324,8 +324,9 @@ def linearised_copy(model: keras.Model) -> keras.Model:
 
 
 def parameter_blocks(model: keras.Model) -> list[str]:
-    """Layers with weights, top (logits) first: the blocks a sanity check re-initialises."""
-    return [layer.name for layer in model.layers if layer.weights][::-1]
+    """Layers with weights that can be drawn again (at least one has an initializer), top (logits) first: the
+    blocks a sanity check re-initialises. Weights no block redraws are listed by ``kept_parameters``."""
+    return [layer.name for layer in model.layers if _redrawable(layer)][::-1]
 
 
 # --- re-initialised copies --------------------------------------------------------------------------------
@@ -362,14 +363,64 @@ def _seeded(initializer, seed: int):
     return initializer.__class__.from_config({**config, "seed": seed}) if "seed" in config else initializer
 
 
+def _initializer(layer, variable):
+    """The initializer ``layer`` draws ``variable`` from, or None when it has none (a LayerScale's bare
+    weight, a Normalization layer's statistics, a custom layer's sublayers' weights)."""
+    key = variable.name
+    found = [getattr(layer, a) for a in (f"{key}_initializer", *_INITIALIZER_OF.get(key, ())) if hasattr(layer, a)]
+    return found[0] if found and callable(found[0]) else None
+
+
+def _leaves(layer, path: str) -> list[tuple[str, keras.layers.Layer]]:
+    """(path, layer) of ``layer`` and of every layer nested in it as a model, models themselves left out."""
+    if not isinstance(layer, keras.Model):
+        return [(path, layer)]
+    return [(f"{path}/{p}", leaf) for p, leaf in walk_layers(layer) if not isinstance(leaf, keras.Model)]
+
+
+def _redrawable(layer) -> bool:
+    return any(_initializer(leaf, v) is not None for _, leaf in _leaves(layer, layer.name) for v in leaf.weights)
+
+
+def _unreachable(layer) -> list[str]:
+    """Paths of the weights of ``layer`` (and of the layers nested in it) that no initializer redraws."""
+    return [v.path for _, leaf in _leaves(layer, layer.name) for v in leaf.weights if _initializer(leaf, v) is None]
+
+
+def kept_parameters(model: keras.Model, layers: Sequence, outside: bool = False) -> dict[str, list[str]]:
+    """{layer path: the weights of that layer that re-initialising ``layers`` keeps as they are (no
+    initializer of their layer draws them)}, layers with none left out. ``outside``: also, under "", every
+    weight of the model that is in none of ``layers``.
+
+    Example:
+        >>> kept_parameters(keras.applications.ConvNeXtTiny(weights=None),
+        ...                 ["convnext_tiny_stage_0_block_0_layer_scale"])              # doctest: +SKIP
+        {'convnext_tiny_stage_0_block_0_layer_scale': ['convnext_tiny_stage_0_block_0_layer_scale/variable']}
+    """
+    layers = [layers] if isinstance(layers, (str, keras.layers.Layer)) else list(layers)
+    paths = dict(walk_layers(model))
+    chosen = list(dict.fromkeys(_layer_path(model, entry, paths) for entry in layers))
+    kept, inside = {}, set()
+    for path in chosen:
+        found = _unreachable(paths[path])
+        inside.update(id(v) for v in paths[path].weights)
+        if found:
+            kept[path] = found
+    if outside:
+        rest = [v.path for v in model.weights if id(v) not in inside]
+        if rest:
+            kept[""] = rest
+    return kept
+
+
 def _redraw(layer, path: str, seed: int) -> None:
+    """Every weight of ``layer`` that has an initializer drawn again; the others are kept (``kept_parameters``
+    names them)."""
     for variable in layer.weights:
         key = variable.name
-        found = [getattr(layer, a) for a in (f"{key}_initializer", *_INITIALIZER_OF.get(key, ())) if hasattr(layer, a)]
-        initializer = found[0] if found else None
-        if not callable(initializer):
-            raise BadInputError(f"layer {path!r}", expected="weights with an initializer to draw them again",
-                                got=f"weight {key!r} without one", fix="leave this layer out of `layers`")
+        initializer = _initializer(layer, variable)
+        if initializer is None:
+            continue
         # one stream per weight, named by its path: independent of the order of `layers`
         stream = zlib.crc32(f"{seed}/{path}/{key}".encode()) & 0x7FFFFFFF
         drawn = _seeded(initializer, stream)
@@ -390,16 +441,18 @@ def _reinit_copy(model, layers: Sequence, seed) -> keras.Model:
         raise BadInputError("layers", expected="at least one layer to re-initialise", got="none")
     paths = dict(walk_layers(model))
     chosen = list(dict.fromkeys(_layer_path(model, entry, paths) for entry in layers))
+    for path in chosen:  # before the copy: a refusal costs nothing
+        if not _redrawable(paths[path]):
+            bare = _unreachable(paths[path])
+            got = f"{type(paths[path]).__name__} without any" if not bare else \
+                f"{type(paths[path]).__name__} whose weights have no initializer ({_first(bare)})"
+            raise BadInputError(f"layer {path!r}", expected="a layer with parameters to re-initialise (weights "
+                                "with an initializer)", got=got, fix="pick a layer with weights")
     copy = keras.models.clone_model(model, clone_function=_clone_layer, recursive=True)
     _copy_weights(model, copy)
     copied = dict(walk_layers(copy))
     for path in chosen:
-        inside = [(p, layer) for p, layer in copied.items()
-                  if (p == path or p.startswith(path + "/")) and not isinstance(layer, keras.Model)]
-        if not any(layer.weights for _, layer in inside):
-            raise BadInputError(f"layer {path!r}", expected="a layer with parameters to re-initialise",
-                                got=f"{type(copied[path]).__name__} without any", fix="pick a layer with weights")
-        for p, layer in inside:
+        for p, layer in _leaves(copied[path], path):
             _redraw(layer, p, int(seed))
     return copy
 

@@ -24,8 +24,9 @@ class TorchAdapter:
 
     name = "torch"
 
-    def predict(self, model: nn.Module, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        return gradients.predict(model, inputs, batch_size)
+    def predict(self, model: nn.Module, inputs: np.ndarray, batch_size: int = 64, fast: bool = False) -> np.ndarray:
+        """``fast``: the cached BatchNorm-folded copy, under ``torch.inference_mode``."""
+        return gradients.predict(model, inputs, batch_size, fast)
 
     def score_gradient(self, model: nn.Module, inputs: np.ndarray, targets, score: str = "logit",
                        fast: bool = True) -> ScoreGradient:
@@ -52,6 +53,9 @@ class TorchAdapter:
 
     def parameter_blocks(self, model: nn.Module) -> list[str]:
         return modifiers.parameter_blocks(model)
+
+    def kept_parameters(self, model: nn.Module, layers, outside: bool = False) -> dict[str, list[str]]:
+        return modifiers.kept_parameters(model, layers, outside)
 
     def trace_fields(self, model, input_shape, name=None):
         return trace.trace_fields(model, input_shape, name)

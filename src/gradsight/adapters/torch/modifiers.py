@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -153,20 +154,76 @@ def _rule_copy(model: nn.Module, rule: str, probe: torch.Tensor | None) -> nn.Mo
     return clone
 
 
+def _stream(seed: int, name: str) -> int:
+    """The random stream of the module at ``name`` (its dotted path; "" for the model itself): crc32 of
+    f"{seed}/{name}", as the Keras adapter names a weight's stream. It depends on nothing else: not on the
+    module's place in ``layers``, nor on which other blocks are listed, nor on the order (cascade or not)."""
+    return zlib.crc32(f"{int(seed)}/{name}".encode())
+
+
+def _resettable(block: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    """(dotted path, module) of every module in ``block`` (itself included) with a ``reset_parameters``."""
+    join = (lambda n: f"{prefix}.{n}" if n else prefix) if prefix else (lambda n: n)  # noqa: E731
+    return [(join(n), m) for n, m in block.named_modules() if callable(getattr(m, "reset_parameters", None))]
+
+
+def _unreset(block: nn.Module, prefix: str) -> list[str]:
+    """Parameters of ``block`` (dotted paths) that no ``reset_parameters`` in it re-draws: a parameter counts
+    as re-drawn when a module whose own parameter it is has a ``reset_parameters`` (torchvision ConvNeXt's
+    ``layer_scale``, a custom module's bare nn.Parameter, MultiheadAttention's ``in_proj_weight`` are not)."""
+    covered = {id(p) for _, m in _resettable(block, prefix) for p in m.parameters(recurse=False)}
+    return [f"{prefix}.{n}" if prefix else n for n, p in block.named_parameters() if id(p) not in covered]
+
+
+def kept_parameters(model: nn.Module, layers: Sequence, outside: bool = False) -> dict[str, list[str]]:
+    """{block: its parameters that re-initialising ``layers`` keeps as they are}, blocks with none left out.
+    ``outside``: also, under "", every parameter of the model that is in none of ``layers`` (a ViT's
+    ``class_token`` held by the model itself, say).
+
+    Example:
+        >>> kept_parameters(torchvision.models.convnext_tiny(), ["features.1"])   # doctest: +SKIP
+        {'features.1': ['features.1.0.layer_scale', 'features.1.1.layer_scale', 'features.1.2.layer_scale']}
+    """
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    names = list(dict.fromkeys(resolve_module(model, layer)[0] for layer in layers))
+    kept = {}
+    for name in names:
+        found = _unreset(model.get_submodule(name) if name else model, name)
+        if found:
+            kept[name] = found
+    if outside:
+        inside = {id(p) for name in names for p in (model.get_submodule(name) if name else model).parameters()}
+        rest = [n for n, p in model.named_parameters() if id(p) not in inside]
+        if rest:
+            kept[""] = rest
+    return kept
+
+
 def _reinit_copy(model: nn.Module, layers: Sequence, seed: int) -> nn.Module:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise BadInputError("seed", expected="an integer", got=repr(seed))
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
     if not layers:
         raise BadInputError("layers", expected="at least one layer to re-initialise", got="none")
+    names = list(dict.fromkeys(resolve_module(model, layer)[0] for layer in layers))
+    for name in names:  # before the copy: a refusal costs nothing
+        target = model.get_submodule(name) if name else model
+        if not _resettable(target, name):
+            bare = _unreset(target, name)
+            raise BadInputError(f"layer {name!r}", expected="a layer with parameters to re-initialise (a module "
+                                "with reset_parameters)", got=f"{type(target).__name__} without any" if not bare
+                                else f"{type(target).__name__} whose parameters no reset_parameters reaches "
+                                f"({', '.join(bare[:3])}{' ...' if len(bare) > 3 else ''})",
+                                fix="pick a layer with weights")
     clone = copy.deepcopy(model).eval()
-    names = [resolve_module(model, layer)[0] for layer in layers]
-    with torch.random.fork_rng(devices=[]):
-        for i, name in enumerate(names):
-            torch.manual_seed(seed * 100_003 + i)  # one stream per layer: independent of the order of the rest
-            target = clone.get_submodule(name) if name else clone
-            touched = [m for m in target.modules() if callable(getattr(m, "reset_parameters", None))]
-            if not touched:
-                raise BadInputError(f"layer {name!r}", expected="a layer with parameters to re-initialise",
-                                    got=f"{type(target).__name__} without any", fix="pick a layer with weights")
-            for module in touched:
+    with torch.random.fork_rng(devices=[]):  # the user's global random state is left as it was
+        for name in names:
+            for path, module in _resettable(clone.get_submodule(name) if name else clone, name):
+                # One stream per module, named by its path: the weights drawn for a module are the same
+                # in a cascade, in an independent copy and in any list of blocks (and nested blocks agree).
+                torch.manual_seed(_stream(seed, path))
                 module.reset_parameters()
                 if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
                     module.reset_running_stats()
@@ -193,14 +250,17 @@ def modified_copy(model: nn.Module, rule: str, *, layers: Sequence = (), seed: i
 
 def parameter_blocks(model: nn.Module) -> list[str]:
     """Blocks to re-initialise in a sanity check, top (logits) first: the model's direct children that have
-    parameters, with sequences of stages (nn.Sequential, nn.ModuleList) opened one level."""
+    parameters and a module with ``reset_parameters``, with sequences of stages (nn.Sequential, nn.ModuleList)
+    opened one level. Parameters no block re-draws are listed by ``kept_parameters``."""
+    def redrawable(module: nn.Module) -> bool:
+        return next(module.parameters(), None) is not None and bool(_resettable(module, ""))
+
     blocks = []
     for name, child in model.named_children():
-        if next(child.parameters(), None) is None:
+        if not redrawable(child):
             continue
         if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) > 1:
-            blocks += [f"{name}.{sub}" for sub, part in child.named_children() if next(part.parameters(), None)
-                       is not None]
+            blocks += [f"{name}.{sub}" for sub, part in child.named_children() if redrawable(part)]
         else:
             blocks.append(name)
     return blocks[::-1]
