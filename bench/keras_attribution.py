@@ -4,7 +4,9 @@ Run:  .venv/bin/python bench/keras_attribution.py [--repeats 3] [--batches 1 8]
 
 Keras ResNet50 (random weights, ``weights=None``; no download) on the bundled photo mirrored and shifted, 224²,
 fixed classes. SmoothGrad n=50 at noise level 0.15 of each input's range (both libraries define sigma that
-way) against tf-keras-vis ``Saliency(smooth_samples=50)``; Grad-CAM at ``conv5_block3_out`` against
+way) against tf-keras-vis ``Saliency(smooth_samples=50)`` asked for the same quantity (the signed mean gradient
+per channel: ``gradient_modifier=None, keepdims=True``; its default takes |gradient| of each sample before the
+mean, which is not SmoothGrad as Smilkov et al. and PAIR define it); Grad-CAM at ``conv5_block3_out`` against
 tf-keras-vis ``Gradcam`` (no upsampling, no normalisation: the raw layer map). Both explain the pre-softmax
 score (tf-keras-vis with its ReplaceToLinear modifier). Medians of --repeats interleaved calls after one
 warm-up call each (gradsight's first call compiles the pass with tf.function; tf-keras-vis runs eagerly).
@@ -22,7 +24,6 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import torch._dynamo  # noqa: E402,F401  before TensorFlow: see gradsight.adapters.common.avoid_triton_tensorflow_clash
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -66,11 +67,12 @@ def same_noise_smoothgrad(model, loaded, x, targets) -> float:
     tkv_saliency.np.random.normal = our_noise
     try:
         theirs = tkv_saliency.Saliency(model, model_modifier=ReplaceToLinear(), clone=True)(
-            CategoricalScore(targets), x, smooth_samples=SAMPLES, smooth_noise=LEVEL, normalize_map=False)
+            CategoricalScore(targets), x, smooth_samples=SAMPLES, smooth_noise=LEVEL, gradient_modifier=None,
+            keepdims=True, normalize_map=False)
     finally:
         tkv_saliency.np.random.normal = real
     ours = gradsight.attribute(loaded, x, method="smoothgrad", target=targets, n_samples=SAMPLES,
-                               noise_level=LEVEL, seed=0, input_kind="model_input", batch_size=len(x)).maps
+                               noise_level=LEVEL, seed=0, input_kind="model_input", batch_size=len(x)).attribution
     return float(np.abs(ours - np.asarray(theirs)).max() / np.abs(theirs).max())
 
 
@@ -95,11 +97,11 @@ def main() -> None:
 
         def ours_sg(x=x, targets=targets):
             return gradsight.attribute(loaded, x, method="smoothgrad", target=targets, n_samples=SAMPLES,
-                                       noise_level=LEVEL, input_kind="model_input", batch_size=batch).maps
+                                       noise_level=LEVEL, input_kind="model_input", batch_size=len(x)).attribution
 
         def theirs_sg(x=x, targets=targets):
             return saliency(CategoricalScore(targets), x, smooth_samples=SAMPLES, smooth_noise=LEVEL,
-                            normalize_map=False)
+                            gradient_modifier=None, keepdims=True, normalize_map=False)
 
         med = compare({"ours": ours_sg, "theirs": theirs_sg}, args.repeats)
         agreement = same_noise_smoothgrad(model, loaded, x, targets)
@@ -108,11 +110,13 @@ def main() -> None:
 
         def ours_cam(x=x, targets=targets):
             return gradsight.attribute(loaded, x, method="grad_cam", target=targets, layer=LAYER,
-                                       input_kind="model_input", batch_size=batch).layer_maps
+                                       input_kind="model_input", batch_size=len(x)).layer_maps
 
         def theirs_cam(x=x, targets=targets):
-            return gradcam(CategoricalScore(targets), x, penultimate_layer=LAYER, expand_cam=False,
-                           normalize_cam=False)
+            # seek_penultimate_conv_layer=False: by default tf-keras-vis replaces a named layer that is not a
+            # convolution (conv5_block3_out is the block's ReLU) by the last convolution before it
+            return gradcam(CategoricalScore(targets), x, penultimate_layer=LAYER, seek_penultimate_conv_layer=False,
+                           expand_cam=False, normalize_cam=False)
 
         med = compare({"ours": ours_cam, "theirs": theirs_cam}, args.repeats)
         a, b = ours_cam(), np.asarray(theirs_cam())

@@ -57,8 +57,9 @@ def test_score_gradient(pair, inputs, score, fast):
     np.testing.assert_allclose(t.gradient, k.gradient, rtol=RTOL, atol=ATOL * np.abs(t.gradient).max())
 
 
-def test_layer_gradient(pair, inputs):
-    t, k = both(pair, lambda a, m: a.layer_gradient(m, "L4", inputs, [1, None, 9], "logit"))
+@pytest.mark.parametrize("fast", [True, False])
+def test_layer_gradient(pair, inputs, fast):
+    t, k = both(pair, lambda a, m: a.layer_gradient(m, "L4", inputs, [1, None, 9], "logit", fast))
     assert t.activations.shape == (3, 32, 32, 32)
     np.testing.assert_allclose(t.activations, k.activations, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(t.gradient, k.gradient, rtol=RTOL, atol=ATOL * np.abs(t.gradient).max())

@@ -55,8 +55,12 @@ class ModelAdapter(Protocol):
         ...
 
     def layer_gradient(self, model: Any, layer: Any, inputs: np.ndarray, targets: Sequence[int | None],
-                       score: str = "logit") -> LayerGradient:
-        """Activations of ``layer`` and the score's gradient with respect to them (Grad-CAM's inputs)."""
+                       score: str = "logit", fast: bool = False) -> LayerGradient:
+        """Activations of ``layer`` and the score's gradient with respect to them (Grad-CAM's inputs).
+
+        ``fast``: Keras compiles the pass (``tf.function``); PyTorch runs the user's modules either way (the
+        folded copy has no BatchNorm modules to read), so the result is the same to rounding.
+        """
         ...
 
     def unit_gradients(self, model: Any, layer: Any, units: np.ndarray, inputs: np.ndarray, plans=None,

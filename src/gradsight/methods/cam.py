@@ -64,7 +64,7 @@ def layer_of(job: AttributionJob, layer) -> str:
 
 def _cam(job: AttributionJob, layer, weigh) -> MethodMaps:
     name = layer_of(job, layer)
-    out = job.adapter.layer_gradient(job.model, name, job.inputs, job.targets, job.score)
+    out = job.adapter.layer_gradient(job.model, name, job.inputs, job.targets, job.score, job.fast)
     if out.activations.shape[1:3] == (1, 1):  # a pooled layer: its "map" would be one constant value
         raise BadInputError(f"CAM layer {name!r}", expected="a spatial feature map with more than one position",
                             got=f"a map of 1 x 1 positions ({out.activations.shape[-1]} channels)",

@@ -41,7 +41,7 @@ def score_cam(job: AttributionJob, *, layer: str | None = None, internal_batch_s
         weights = np.zeros(len(a))
         for start in range(0, len(a), internal_batch_size):
             chunk = masks[start:start + internal_batch_size, :, :, None]
-            logits = job.adapter.predict(job.model, job.inputs[i][None] * chunk)
+            logits = job.adapter.predict(job.model, job.inputs[i][None] * chunk, internal_batch_size, fast=job.fast)
             weights[start:start + len(chunk)] = select_scores(logits, np.full(len(chunk), targets[i]), "prob")
         combined = np.tensordot(weights, a.astype(np.float64), axes=1)
         layer_maps.append(np.maximum(combined, 0))

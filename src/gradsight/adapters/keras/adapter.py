@@ -41,8 +41,9 @@ class KerasAdapter:
         return gradients.score_gradient(model, inputs, targets, score, fast)
 
     def layer_gradient(self, model: keras.Model, layer: Any, inputs: np.ndarray, targets: Sequence[int | None],
-                       score: str = "logit") -> LayerGradient:
-        return gradients.layer_gradient(model, layer, inputs, targets, score)
+                       score: str = "logit", fast: bool = False) -> LayerGradient:
+        """``fast``: a ``tf.function`` compiled once per model, layer and score (``fast=False`` runs eagerly)."""
+        return gradients.layer_gradient(model, layer, inputs, targets, score, fast)
 
     def unit_gradients(self, model: keras.Model, layer: Any, units: np.ndarray, inputs: np.ndarray, plans=None,
                        batch_size: int = 32, fast: bool = True) -> tuple[np.ndarray, np.ndarray]:

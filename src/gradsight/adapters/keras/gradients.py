@@ -163,8 +163,33 @@ def _layer_pass(model, name: str, layer) -> ForwardPass:
                             got=str(err).splitlines()[0], fix="pick a layer listed by `gradsight rf MODEL`") from None
 
 
+def _layer_gradient_pass(model, name: str, forward: ForwardPass, reading: str, score: str, fast: bool):
+    """``run(x, targets)`` -> (activations, output, scores, chosen targets, d score / d activations), as
+    ``_gradient_pass`` but differentiating with respect to layer ``name``'s output; compiled once per model,
+    layer, reading and score when ``fast``."""
+    key = ("layer", name, reading, score)
+    compiled = model_cache(model, "compiled") if fast else {}  # holds the ForwardPass, not the model
+    if key in compiled:
+        return compiled[key]
+
+    def run(x, targets):
+        with tf.GradientTape() as tape:
+            tape.watch(x)  # records the whole pass, also through frozen (non-trainable) weights
+            activations, output, scores = forward(x)
+            read = scores if reading == "step" else output
+            last = tf.shape(read)[1] - 1  # clamped as in _gradient_pass; refused after the pass
+            chosen = tf.minimum(tf.where(targets < 0, tf.argmax(read, axis=1, output_type=tf.int32), targets), last)
+            total = tf.reduce_sum(select(read, chosen, score, reading))
+        return activations, output, scores, chosen, tape.gradient(total, activations)
+
+    if not fast:
+        return run
+    compiled[key] = tf.function(run, reduce_retracing=True)
+    return compiled[key]
+
+
 def layer_gradient(model: keras.Model, layer, inputs: np.ndarray, targets: Sequence[int | None],
-                   score: str = "logit") -> LayerGradient:
+                   score: str = "logit", fast: bool = False) -> LayerGradient:
     """Activations A of ``layer`` (N, h, w, c) and d score[target] / dA, one forward and one backward pass.
 
     Example:
@@ -172,7 +197,8 @@ def layer_gradient(model: keras.Model, layer, inputs: np.ndarray, targets: Seque
         >>> cam = np.maximum((g.gradient.mean(axis=(1, 2), keepdims=True) * g.activations).sum(-1), 0)  # doctest: +SKIP
 
     ``layer``: a name, an index among the model's layers or the layer itself (as ``layers.resolve_layer``).
-    ``logits`` are read as by ``predict``.
+    ``logits`` are read as by ``predict``. ``fast``: the pass runs as a ``tf.function`` compiled once per
+    model, layer and score (equal to the eager pass to rounding); ``fast=False`` runs eagerly.
     """
     check_score(score)
     require_graph(model, "layer gradients")
@@ -186,18 +212,22 @@ def layer_gradient(model: keras.Model, layer, inputs: np.ndarray, targets: Seque
     classes = model.outputs[0].shape[-1]
     resolve_targets(targets, classes)  # range check before any work
     xt = tf.convert_to_tensor(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)  # records the whole pass, also through frozen (non-trainable) weights
-        activations, output, scores = forward(xt)
-        reading = read_as(model, forward, np.asarray(output), np.asarray(scores))
-        logits = logits_of(reading, np.asarray(output), np.asarray(scores)).astype(np.float32)
-        check_scores(logits)
-        chosen = resolve_targets(targets, classes, logits)
-        if reading == "probabilities" and score == "logit":
-            raise probabilities_refused()
-        read = scores if reading == "step" else output
-        total = tf.reduce_sum(select(read, tf.constant(chosen, tf.int32), score, reading))
-    gradient = tape.gradient(total, activations)
+    wanted = tf.constant([-1 if t is None else int(t) for t in targets], dtype=tf.int32)
+    last = model_cache(model, "reading")  # the reading of the model's last batch: the likely one
+    guess = last.get("last", "step" if may_step(model, forward) else "logits")
+    activations, output, scores, chosen, gradient = _layer_gradient_pass(model, name, forward, guess, score,
+                                                                         fast)(xt, wanted)
+    reading = read_as(model, forward, np.asarray(output), np.asarray(scores))
+    if reading != guess:
+        last["last"] = reading
+        if not (reading == "probabilities" and score == "logit"):
+            activations, output, scores, chosen, gradient = _layer_gradient_pass(
+                model, name, forward, reading, score, fast)(xt, wanted)
+    if reading == "probabilities" and score == "logit":
+        raise probabilities_refused()
+    logits = logits_of(reading, np.asarray(output), np.asarray(scores)).astype(np.float32)
+    check_scores(logits)
+    resolve_targets(targets, logits.shape[1])
     if gradient is None:
         raise BadInputError(f"layer {name!r}", expected="a layer the class scores depend on",
                             got="a layer the scores do not depend on", fix="pick a layer before the classifier")

@@ -33,7 +33,8 @@ class TorchAdapter:
         return gradients.score_gradient(model, inputs, targets, score, fast)
 
     def layer_gradient(self, model: nn.Module, layer, inputs: np.ndarray, targets,
-                       score: str = "logit") -> LayerGradient:
+                       score: str = "logit", fast: bool = False) -> LayerGradient:
+        """``fast`` changes nothing here: the layer's module must run as the user wrote it (no folded copy)."""
         return gradients.layer_gradient(model, layer, inputs, targets, score)
 
     def unit_gradients(self, model, layer, units, inputs, plans=None, batch_size=32, fast=True, spatial_axes=None):
