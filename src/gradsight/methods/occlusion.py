@@ -42,7 +42,7 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 @register_method("occlusion", kind="perturbation", display="cam",
                  reference="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks (ECCV)")
 def occlusion(job: AttributionJob, *, window: int = 32, stride: int = 16, fill: float = 0.0,
-              internal_batch_size: int = 64) -> MethodMaps:
+              internal_batch_size: int = 16) -> MethodMaps:
     """Mean drop of the class score over the filled windows that cover each pixel."""
     window, stride = positive_int("window", window), positive_int("stride", stride)
     internal_batch_size = positive_int("internal_batch_size", internal_batch_size)
