@@ -22,6 +22,7 @@ from testkit import F16_ATOL, F16_RTOL, TINY_PREP, make_folder, tiny_model
 
 import gradsight
 from gradsight.errors import BadInputError
+from gradsight.models.spec import LoadedModel, ModelSpec
 from gradsight.runs import cli as runs_cli
 from gradsight.runs import collect, engine, pipeline, run_dataset
 from gradsight.runs.manifest import Manifest, read_lines
@@ -581,3 +582,31 @@ def test_collect_keeps_each_methods_diagnostics_and_resolved_options(folder, tmp
     assert "per_image_completeness_gap" not in group["grad_cam"]
     table = pq.read_table(collect(out, tmp_path / "manifest.parquet")).to_pylist()
     assert {json.loads(row["effective"])["layer"] for row in table if row["method"] == "grad_cam"} == {"9"}
+
+
+def test_a_keras_model_runs_like_a_torch_one(folder, tmp_path):
+    """The runner is framework-free: a Keras classifier's maps equal gradsight.attribute's (to float16)."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((40, 40, 3))
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(x)
+    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv2")(h)
+    logits = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(h))
+    model = LoadedModel(keras.Model(x, logits), ModelSpec("tiny-keras", "keras", TINY_PREP))
+    part, rels = sub_folder(folder)
+    out = tmp_path / "out"
+    summary = run_dataset([part], out, model=model, methods="gradient,grad_cam", batch_size=2)
+    assert (summary.done, summary.failed) == (2 * len(rels), 0)
+    state = latest(out)
+    for rel in rels:
+        for method in ("gradient", "grad_cam"):
+            expected = gradsight.attribute(model, str(part / rel), method=method).maps[0]
+            stored = np.load(out / state[(rel, method)]["map"]["file"]).astype(np.float32)
+            assert np.abs(expected).max() > 0  # a live map, so that equality says something
+            np.testing.assert_allclose(stored, expected, rtol=F16_RTOL,
+                                       atol=F16_ATOL + 1e-5 * float(np.abs(expected).max()))
+        assert state[(rel, "grad_cam")]["effective"]["layer"] == "conv2"
