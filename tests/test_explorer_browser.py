@@ -294,6 +294,9 @@ def test_the_embedded_classifier_shows_its_top_5_and_any_method_of_the_family(pa
     Select(page.find_element("id", "model")).select_by_value("efficientnet_lite0")
     _wait(page, lambda d: len(d.find_elements("css selector", "#top5 li")) == 5, "no top-5 shown")
     assert page.find_element("css selector", "#top5 li").text.startswith("20 water ouzel, dipper")
+    # the top-5 and the first unit's field come from two requests: wait for the field to be drawn too
+    _wait(page, lambda d: d.find_element("id", "input-analytic").get_attribute("data-layer") is not None,
+          "no field drawn")
     layer = page.find_element("id", "input-analytic").get_attribute("data-layer")
     assert layer == "blocks.3"  # the deepest layer whose field still fits in 224 pixels (147)
     first = page.find_element("id", "saliency-image").get_attribute("src")
