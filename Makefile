@@ -31,6 +31,10 @@ bench: install
 	$(VENV)/bin/python bench/node_gradient.py
 	$(VENV)/bin/python bench/keras_saliency.py
 	$(VENV)/bin/python bench/explorer.py
+	$(VENV)/bin/python bench/keras_attribution.py
+	$(VENV)/bin/python bench/attribution.py
+	$(VENV)/bin/python bench/evaluation.py
+	$(VENV)/bin/python bench/dataset.py
 
 lint: install
 	$(VENV)/bin/ruff check .
