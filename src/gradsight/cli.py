@@ -282,12 +282,7 @@ def _run_saliency(args) -> int:
 
 def _report(part, i: int, written: list[Path]) -> str:
     """What the terminal shows for one input: source, notes, top-5, what was explained, files written."""
-    lines = [f"\n{part.sources[i]}"]
-    for note in (part.conversions[i], part.orientations[i] if i < len(part.orientations) else None):
-        if note:
-            lines.append(f"  read as: {note}")
-    for rank, (cls, name, prob) in enumerate(part.top_k(i, 5), start=1):
-        lines.append(f"  {rank}. {cls:4d}  {prob:7.4f}  {name}")
+    lines = part.summary_lines(i)
     target = int(part.targets[i])
     lines.append(f"  saliency of {part.score}[{target}] ({part.label(target)})")
     lines.append("  wrote " + ", ".join(p.name for p in written))

@@ -89,6 +89,16 @@ class AttributionResult(ClassScores):
     def __len__(self) -> int:
         return len(self.maps)
 
+    def summary_lines(self, i: int, k: int = 5) -> list[str]:
+        """What a terminal shows first for input ``i``: its source, how it was read, and its top-``k`` classes."""
+        lines = [f"\n{self.sources[i]}"]
+        for note in (self.conversions[i], self.orientations[i] if i < len(self.orientations) else None):
+            if note:
+                lines.append(f"  read as: {note}")
+        for rank, (cls, name, prob) in enumerate(self.top_k(i, k), start=1):
+            lines.append(f"  {rank}. {cls:4d}  {prob:7.4f}  {name}")
+        return lines
+
     def on_original(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """The map of input ``i`` resampled onto its original photo (pixels outside the crop are 0), at the
         photo's full size or at ``size`` = (width, height), e.g. that of the display copy in ``photos``."""

@@ -66,9 +66,7 @@ def attribute(model: Any, images: Any = None, *, method: str = "gradient", targe
         raise BadInputError("batch_size", expected="a whole number >= 1", got=repr(batch_size))
     loaded = as_loaded_model(model, preprocess=preprocess)
     adapter = adapter_for(loaded.module)
-    if adapter.name not in info.frameworks:
-        raise BadInputError(f"method {info.name!r}", expected=f"a {' or '.join(info.frameworks)} model",
-                            got=f"a {adapter.name} model", fix="see `gradsight methods` for what runs where")
+    info.require_framework(adapter.name)
     batch = prepare_inputs(images, loaded.preprocess, input_kind)
     count = len(batch.arrays)
     targets = target_list(target, count)

@@ -65,6 +65,12 @@ class MethodInfo:
                 "options": dict(self.options), "display": self.display, "reference": self.reference,
                 "summary": self.summary}
 
+    def require_framework(self, framework: str) -> None:
+        """Refuse, before any work, a model of a framework this method does not run on."""
+        if framework not in self.frameworks:
+            raise BadInputError(f"method {self.name!r}", expected=f"a {' or '.join(self.frameworks)} model",
+                                got=f"a {framework} model", fix="see `gradsight methods` for what runs where")
+
     def to_map(self, attribution: np.ndarray) -> np.ndarray:
         """The displayed (N, H, W) map of a raw (N, H, W, C) attribution, by this method's ``display``."""
         return to_map(attribution, self.display)

@@ -199,10 +199,7 @@ def check_methods(loaded, methods: Sequence[str], per_method_options: Mapping[st
     the model's number of classes (None when the preprocessing has no fixed size: then nothing is checked)."""
     adapter = adapter_for(loaded.module)
     for name in methods:
-        info = get_method(name)
-        if adapter.name not in info.frameworks:
-            raise BadInputError(f"method {name!r}", expected=f"a {' or '.join(info.frameworks)} model",
-                                got=f"a {adapter.name} model", fix="see `gradsight methods` for what runs where")
+        get_method(name).require_framework(adapter.name)
     size = loaded.preprocess.input_size if loaded.preprocess is not None else None
     if size is None:
         return len(loaded.class_names) if loaded.class_names is not None else None

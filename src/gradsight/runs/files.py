@@ -41,12 +41,7 @@ def _file_names(results, stem: str) -> set[str]:
 def _report(results, i: int, written: list[Path]) -> str:
     """What the terminal shows for one image: source, notes, top-5, what was explained, diagnostics, files."""
     first = results[0]
-    lines = [f"\n{first.sources[i]}"]
-    for note in (first.conversions[i], first.orientations[i] if i < len(first.orientations) else None):
-        if note:
-            lines.append(f"  read as: {note}")
-    for rank, (cls, name, prob) in enumerate(first.top_k(i, 5), start=1):
-        lines.append(f"  {rank}. {cls:4d}  {prob:7.4f}  {name}")
+    lines = first.summary_lines(i)
     target = int(first.targets[i])
     methods = ", ".join(r.method for r in results)
     lines.append(f"  explained: {first.score}[{target}] ({first.label(target)}) by {methods}")
