@@ -144,3 +144,36 @@ def test_the_softmax_is_found_with_and_without_gradients_and_in_place_models_are
         scores, stepped = model_scores(net, xt)
     assert stepped and torch.equal(xt, torch.from_numpy(x).permute(0, 3, 1, 2))
     np.testing.assert_allclose(scores.numpy(), logits, rtol=1e-5, atol=1e-6)
+
+
+class _SoftmaxOnBrightInputs(nn.Module):
+    """Ends in a functional softmax only for a batch whose mean is positive: a later batch than the first (the
+    only one ``predict`` watches for functional softmaxes) must still give logits, never probabilities."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = small_cnn(seed=11)
+
+    def forward(self, x):
+        logits = self.inner(x)
+        return torch.softmax(logits, dim=1) if float(x.mean()) > 0 else logits
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_predict_finds_a_functional_softmax_in_any_batch_not_only_the_first(fast):
+    from gradsight.adapters.torch.gradients import predict
+
+    rng = np.random.default_rng(5)
+    dark = rng.uniform(-2.0, -1.0, (4, 20, 20, 3)).astype(np.float32)
+    bright = rng.uniform(1.0, 2.0, (3, 20, 20, 3)).astype(np.float32)
+    x = np.concatenate([dark, bright, dark[:2]])
+    net = _SoftmaxOnBrightInputs().eval()
+    with torch.no_grad():
+        expected = net.inner(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
+    # batches of 2: the first (dark) is watched and finds no softmax; the bright ones end in one
+    got = predict(net, x, batch_size=2, fast=fast)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    always = _DoublesInPlace().eval()
+    with torch.no_grad():
+        inner = always.inner(2.0 * torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
+    np.testing.assert_allclose(predict(always, x, batch_size=3, fast=fast), inner, rtol=1e-5, atol=1e-5)

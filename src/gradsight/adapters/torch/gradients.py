@@ -94,17 +94,18 @@ def _over_classes(dim, out: torch.Tensor) -> bool:
     return out.ndim == 2 and (dim is None or (isinstance(dim, int) and dim % 2 == 1))
 
 
-def model_scores(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def model_scores(model: nn.Module, x: torch.Tensor, watch: bool | None = None) -> tuple[torch.Tensor, bool]:
     """(scores, stepped): the model's output, or — when that output is what a final softmax over the class
     axis returned — the softmax's input (the logits: pretrained models often end in a softmax, and its
     gradient saturates) and True. Softmaxes are found as nn.Softmax modules and as calls of torch.softmax,
     F.softmax, Tensor.softmax or their log_softmax, whichever the forward uses.
 
     Watching every torch call costs time on models with many small operations, so with gradients on, the
-    calls are watched only in a second run, when the output's grad_fn shows that a softmax made it.
+    calls are watched only in a second run, when the output's grad_fn shows that a softmax made it. Without
+    gradients they are watched unless ``watch=False`` (``predict`` watches a call's first batch, see there).
     """
     # Each run gets a copy of x (gradients still reach x): the model's first operation may be in place.
-    watch = not torch.is_grad_enabled()
+    watch = not torch.is_grad_enabled() if watch is None else watch
     out, found = _run_watched(model, x.clone(), watch)
     if found is None and not watch and isinstance(out, torch.Tensor) and \
             type(out.grad_fn).__name__ in ("SoftmaxBackward0", "LogSoftmaxBackward0"):
@@ -231,11 +232,22 @@ def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 64, fast: bo
         # is made of ordinary tensors.
         runner = (folded_copy(model, as_nchw(inputs[:1], model)) if fast and len(inputs) else None) or model
         with torch.inference_mode() if fast else torch.no_grad():
+            # Watching every torch call for a functional softmax costs ~40% of a pass on EfficientNet-Lite0, so
+            # only the first batch is watched; the rest are too only if it found one, or if their output rows
+            # look like probabilities (then the batch is run again, watched).
+            watch = True
             for start in range(0, len(inputs), batch_size):
                 x = as_nchw(inputs[start:start + batch_size], model)
-                logits = class_logits(*model_scores(runner, x))
-                out.append(_checked_logits(logits, len(x)).float().cpu().numpy())
+                scores, stepped = model_scores(runner, x, watch=watch)
+                if not (watch or stepped) and _probability_rows(scores):
+                    scores, stepped = model_scores(runner, x, watch=True)
+                watch = watch and stepped
+                out.append(_checked_logits(class_logits(scores, stepped), len(x)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _probability_rows(out) -> bool:
+    return isinstance(out, torch.Tensor) and out.ndim == 2 and rows_are_probabilities(out.detach().cpu().numpy())
 
 
 def layer_gradient(model: nn.Module, layer, inputs: np.ndarray, targets: Sequence[int | None],
