@@ -112,6 +112,33 @@ def test_fast_path_cache_follows_weight_changes(rng):
     np.testing.assert_allclose(after_fast, after_plain, rtol=1e-4, atol=1e-6)
 
 
+def test_within_one_call_the_folded_copy_is_checked_once_and_between_calls_every_change_is_seen(rng,
+                                                                                               monkeypatch):
+    from gradsight.adapters.torch import folding
+
+    net = small_cnn(seed=4)
+    x = rng.standard_normal((5, 24, 24, 3)).astype(np.float32)
+    checks = []
+    real = folding._checked_folded_copy
+    monkeypatch.setattr(folding, "_checked_folded_copy", lambda *a: checks.append(1) or real(*a))
+    first = gradsight.attribute(net, x, method="smoothgrad", target=0, n_samples=6, internal_batch_size=4)
+    assert len(checks) == 1  # 30 noisy copies in 8 passes, one check
+    with torch.no_grad():
+        net[4].running_var.mul_(4.0)  # changed between two calls: the next call must see it
+    second = gradsight.attribute(net, x, method="smoothgrad", target=0, n_samples=6, internal_batch_size=4)
+    plain = gradsight.attribute(net, x, method="smoothgrad", target=0, n_samples=6, internal_batch_size=4,
+                                fast=False)
+    assert len(checks) == 2
+    assert not np.allclose(first.attribution, plain.attribution)
+    np.testing.assert_allclose(second.attribution, plain.attribution, rtol=1e-4, atol=1e-5)
+    with folding.unchanged_during(net):
+        with torch.no_grad():
+            net[4].running_var.mul_(0.25)  # a change before the block's first check is seen
+        inside = gradsight.saliency(net, x, target=0).gradient
+    np.testing.assert_allclose(inside, gradsight.saliency(net, x, target=0, fast=False).gradient, rtol=1e-4,
+                               atol=1e-6)
+
+
 class SmoothNet(torch.nn.Module):
     """A small smooth classifier in float64, so central differences are accurate."""
 

@@ -173,6 +173,15 @@ def test_untraced_layer_is_pytorch_only(pair, inputs):
     assert axes is None and shape == (*field.spatial_shape, 32)
 
 
+def test_unchanged_during_changes_no_result(pair, inputs):
+    for adapter, model in pair:
+        outside = adapter.score_gradient(model, inputs, [1, None, 0])
+        with adapter.unchanged_during(model):
+            inside = [adapter.score_gradient(model, inputs[i:i + 1], [t]) for i, t in enumerate([1, None, 0])]
+        np.testing.assert_allclose(np.concatenate([o.gradient for o in inside]), outside.gradient, rtol=RTOL,
+                                   atol=ATOL * np.abs(outside.gradient).max())
+
+
 def test_every_protocol_method_is_checked_here():
     from gradsight.adapters.protocol import ModelAdapter
 
@@ -180,5 +189,5 @@ def test_every_protocol_method_is_checked_here():
                                                                                                   name))}
     checked = {"predict", "score_gradient", "layer_gradient", "unit_gradients", "support_map", "modified_copy",
                "parameter_blocks", "kept_parameters", "structure_key", "trace_fields", "resolve_layer",
-               "layer_names", "default_input_shape"}
+               "layer_names", "default_input_shape", "unchanged_during"}
     assert members == checked

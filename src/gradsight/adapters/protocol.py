@@ -29,6 +29,7 @@ with the trace's message.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -47,6 +48,13 @@ class ModelAdapter(Protocol):
     def predict(self, model: Any, inputs: np.ndarray, batch_size: int = 64, fast: bool = False) -> np.ndarray:
         """Class scores (N, K), forward only, ``batch_size`` inputs at a time (occlusion, deletion curves).
         ``fast``: PyTorch runs its BatchNorm-folded copy under inference mode, Keras a compiled tf.function."""
+        ...
+
+    def unchanged_during(self, model: Any) -> AbstractContextManager:
+        """A block in which ``model`` is taken as fixed (one gradsight call whose batches run back to back, no
+        user code in between): the fast path's checks that its cache still fits the model run once in it
+        (PyTorch: the folded copy's exact comparison of every weight; Keras checks only cheap structure, and
+        its block does nothing). Between blocks every change to the model is seen."""
         ...
 
     def score_gradient(self, model: Any, inputs: np.ndarray, targets: Sequence[int | None],

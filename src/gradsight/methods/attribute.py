@@ -78,14 +78,15 @@ def attribute(model: Any, images: Any = None, *, method: str = "gradient", targe
     shared: dict = {}
     parts = []
     starts = range(0, count, batch_size)
-    for start in tqdm(starts, desc=info.name, unit="batch", disable=not progress or len(starts) < 2):
-        stop = min(start + batch_size, count)
-        job = AttributionJob(adapter, loaded.module, batch.arrays[start:stop], tuple(targets[start:stop]), score,
-                             fast, loaded.preprocess, shared=shared)
-        out = info.fn(job, **_chunk_options(chosen, start, stop, count))
-        logits = out.logits if out.logits is not None else job.logits()
-        chosen_targets = out.targets if out.targets is not None else job.resolved_targets()
-        parts.append((out, logits, np.asarray(chosen_targets)))
+    with adapter.unchanged_during(loaded.module):  # the batches run back to back: check the fast path once
+        for start in tqdm(starts, desc=info.name, unit="batch", disable=not progress or len(starts) < 2):
+            stop = min(start + batch_size, count)
+            job = AttributionJob(adapter, loaded.module, batch.arrays[start:stop], tuple(targets[start:stop]),
+                                 score, fast, loaded.preprocess, shared=shared)
+            out = info.fn(job, **_chunk_options(chosen, start, stop, count))
+            logits = out.logits if out.logits is not None else job.logits()
+            chosen_targets = out.targets if out.targets is not None else job.resolved_targets()
+            parts.append((out, logits, np.asarray(chosen_targets)))
     outs = [p[0] for p in parts]
     effective = {**_recorded(chosen), **outs[0].effective}
     for key in outs[0].effective:  # per-chunk values (one noise sigma per image) are joined

@@ -13,6 +13,7 @@ layout, so arrays pass as they are; models run with ``training=False`` and nothi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,10 @@ class KerasAdapter:
     def predict(self, model: keras.Model, inputs: np.ndarray, batch_size: int = 64, fast: bool = False) -> np.ndarray:
         """``fast``: a ``tf.function`` compiled once per model (``fast=False`` runs eagerly)."""
         return gradients.predict(model, inputs, batch_size, fast)
+
+    def unchanged_during(self, model: keras.Model):
+        """Nothing to hold: the compiled passes read the weights live, and their cache checks only structure."""
+        return contextlib.nullcontext()
 
     def score_gradient(self, model: keras.Model, inputs: np.ndarray, targets: Sequence[int | None],
                        score: str = "logit", fast: bool = True) -> ScoreGradient:

@@ -28,6 +28,10 @@ class TorchAdapter:
         """``fast``: the cached BatchNorm-folded copy, under ``torch.inference_mode``."""
         return gradients.predict(model, inputs, batch_size, fast)
 
+    def unchanged_during(self, model: nn.Module):
+        """The folded copy's exact check of ``model`` (every weight) runs once in the block."""
+        return folding.unchanged_during(model)
+
     def score_gradient(self, model: nn.Module, inputs: np.ndarray, targets, score: str = "logit",
                        fast: bool = True) -> ScoreGradient:
         return gradients.score_gradient(model, inputs, targets, score, fast)
