@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import os
 import platform
 import statistics
@@ -101,7 +102,8 @@ def bench_curves(steps: int, repeats: int, batches: list[int], with_quantus: boo
             rows_out.append(_quantus_row(net, x, explained.maps[0], target, repeats, t_loop, len(counts)))
         t_call, c_call, _ = _median_times(
             lambda m=metric: faithfulness(model, None, method="gradient", metric=m, steps=steps), repeats)
-        rows_out.append((metric, "gradsight.faithfulness (map + curve + random curve)", 8, 2 * len(counts),
+        default_batch = inspect.signature(faithfulness).parameters["batch_size"].default
+        rows_out.append((metric, "gradsight.faithfulness (map + curve + random curve)", default_batch, 2 * len(counts),
                          t_call, c_call, float("nan"), float("nan"), float("nan")))
     return rows_out
 

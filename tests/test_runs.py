@@ -474,7 +474,7 @@ def test_registry_methods_in_a_run_equal_attribute_one_by_one(folder, tmp_path):
         # every effective option, the registry's defaults written out here (the papers'), plus the run's
         assert ig["options"] == {"score": "logit", "target": "auto", "fast": True, "n_steps": 4,
                                  "rule": "gausslegendre", "baseline": "zeros", "blur_sigma": 5.0,
-                                 "internal_batch_size": 32, "preprocess": preprocess}
+                                 "internal_batch_size": 16, "preprocess": preprocess}
         assert ig["effective"] == {"baseline": "zeros (model-input space)"}
         # completeness: the gap is sum(attribution) - (F(x) - F(baseline)); the map sums the channels
         expected = gradsight.attribute(model, str(part / rel), method="integrated_gradients", n_steps=4)

@@ -41,6 +41,25 @@ def test_linear_model_closed_form_on_tiling_windows():
     assert r.options["windows_per_image"] == 25
 
 
+def test_windows_spread_over_several_predict_calls_give_the_closed_form(monkeypatch):
+    import gradsight.methods.job as job
+
+    calls = []
+    monkeypatch.setattr(job, "CALL_IMAGES", 8)  # 25 windows, batches of 3 -> calls of 9, 9 and 7 copies
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((12, 12, 3)).astype(np.float32)
+    x = rng.standard_normal((1, 12, 12, 3)).astype(np.float32)
+    model = linear_model(w, -0.2)
+    from gradsight.adapters.torch.adapter import TorchAdapter
+
+    real = TorchAdapter.predict
+    monkeypatch.setattr(TorchAdapter, "predict", lambda self, *a, **k: calls.append(len(a[1])) or real(self, *a, **k))
+    r = attribute(model, x, method="occlusion", target=0, window=4, stride=2, fill=0.5, internal_batch_size=3)
+    np.testing.assert_allclose(r.maps[0], linear_occlusion(w, x[0], 0.5, 4, starts=[0, 2, 4, 6, 8]),
+                               rtol=1e-4, atol=1e-5)
+    assert [size for size in calls if size > 1] == [9, 9, 7], calls  # the others: the unoccluded image
+
+
 def test_windows_that_do_not_tile_end_with_a_full_window_flush_with_the_border():
     # 10 pixels, windows of 4 every 4: starts 0 and 4 leave pixels 8 and 9 uncovered; a last window at
     # 10 - 4 = 6 covers them (before the fix they got 0: no attribution at all, silently).

@@ -21,8 +21,8 @@ Speed: the forward passes are batched (``batch_size``) and run on the adapter's 
 folded into the convolutions, channels-last, inference mode), and each perturbed image is the previous one with
 the next pixels copied in. On a CPU the passes cost what the network's arithmetic costs (EfficientNet-Lite0,
 one thread: ~15 ms an image at any batch, a third of it 1 x 1 convolutions already near the core's peak), so
-batching and folding gain ~1.5x over a loop of single passes on one thread and ~2x on two (a quiet 2-core
-machine, bench/evaluation.py); larger batches are slower per image there, their activations leaving the cache.
+batching and folding gain ~2x over a loop of single passes on two threads (a quiet 2-core machine, batches of
+4, bench/evaluation.py); larger batches are slower per image there, their activations leaving the cache.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ..errors import BadInputError
 from ..inputs import prepare_inputs
 from ..methods.attribute import attribute
 from ..methods.baselines import baseline_inputs
-from ..methods.job import SCORES, positive_int, select_scores
+from ..methods.job import SCORES, images_per_call, positive_int, select_scores
 from ..methods.registry import get_method
 from ..methods.registry import method_options as checked_options
 from ..models.registry import as_loaded_model
@@ -46,7 +46,6 @@ from ..models.registry import as_loaded_model
 METRICS = ("deletion", "insertion")
 RISE_SIGMA, RISE_SIZE = 5.0, 11  # RISE's insertion blur: gkern(klen=11, nsig=5), zero padding klen // 2
 RISE_START = "RISE blur: gkern(11, 5) (gaussian_filter of a delta, sigma 5), zero padding 5, model-input space"
-GROUP_IMAGES, GROUP_BYTES = 32, 64 * 2 ** 20  # perturbed images per predict call: about 32, at most 64 MiB
 RANDOM_ORDER = "one seeded permutation of the pixels, the same for every image and method"
 
 
@@ -106,9 +105,7 @@ def curve(adapter, model, start: np.ndarray, end: np.ndarray, order: np.ndarray,
     channels = start.shape[-1]
     current = np.array(start, np.float32)  # the image with the pixels so far changed; the caller's is untouched
     flat, source = current.reshape(-1, channels), np.asarray(end, np.float32).reshape(-1, channels)
-    # Several batches go to one predict call (the adapter checks its cached fast copy once a call, ~3 ms on
-    # EfficientNet-Lite0), as many as fit in GROUP_BYTES of inputs; the forward passes still take batch_size.
-    per_call = batch_size * max(1, min(GROUP_BYTES // (current.nbytes * batch_size), -(-GROUP_IMAGES // batch_size)))
+    per_call = images_per_call(current.nbytes, batch_size)  # the forward passes still take batch_size
     images = np.empty((min(per_call, len(counts)), *current.shape), np.float32)  # reused by every call
     values, done = np.zeros(len(counts)), 0
     for begin in range(0, len(counts), per_call):
@@ -125,15 +122,16 @@ def curve(adapter, model, start: np.ndarray, end: np.ndarray, order: np.ndarray,
 
 def faithfulness(model: Any, images: Any = None, *, method: str = "gradient", metric: str = "deletion",
                  steps: int = 224, baseline: Any = None, score: str = "prob", target: Any = None, seed: int = 0,
-                 batch_size: int = 8, fast: bool = True, preprocess=None, method_options: dict | None = None,
+                 batch_size: int = 4, fast: bool = True, preprocess=None, method_options: dict | None = None,
                  **options) -> FaithfulnessResult:
     """The ``metric`` curve of ``method``'s maps on ``images`` (default: the bundled photo), and a random one.
 
     ``baseline``: where pixels go (deletion) or come from (insertion), in model-input space; None is the
     papers' (zeros for deletion, RISE's blur for insertion); else a number, "zeros", "black", "blur" or an
     array (H, W, C) or (N, H, W, C), as Integrated Gradients' ``baseline``, so that the two can be the same.
-    ``batch_size``: forward passes per batch (memory bound; 8 because on CPU a pass costs more per image in
-    larger batches, whose activations leave the cache: EfficientNet-Lite0, one thread, bench/evaluation.py).
+    ``batch_size``: forward passes per batch (memory bound; 4 because on CPU a pass costs more per image in
+    larger batches, whose activations leave the cache: EfficientNet-Lite0, 2 threads, 8.6 ms an image at 4
+    against 11 ms at 8, bench/evaluation.py).
     ``fast``: the adapter's fast forward path for the curves and the map (PyTorch: the BatchNorm-folded copy
     under inference mode; Keras: a compiled tf.function), equal to the plain model to float32 rounding (curves
     within 1e-5); ``fast=False`` runs the model as it is. ``method_options``: the method's options, e.g.

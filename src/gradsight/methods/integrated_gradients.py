@@ -8,7 +8,8 @@ Example:
 attr = (x - b) * integral_0^1 dF(b + a (x - b)) / dx da, the integral by a quadrature rule:
 Gauss-Legendre (the default: exact for polynomials of degree <= 2n - 1), left/right/middle Riemann sums
 (weights 1/n), or the trapezoid rule on n points whose weights sum to 1 (ends halved). The (image, step) pairs
-are evaluated ``internal_batch_size`` at a time, so peak memory does not grow with ``n_steps``.
+are evaluated at most ``internal_batch_size`` at a time (passes of even sizes), so peak memory does not grow
+with ``n_steps``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from .baselines import baseline_inputs
-from .job import AttributionJob, add_rows, positive_int, select_scores
+from .job import AttributionJob, add_rows, even_chunks, positive_int, select_scores
 from .registry import MethodMaps, register_method
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "trapezoid")
@@ -53,12 +54,12 @@ def quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def integrate_gradients(job: AttributionJob, base: np.ndarray, alphas: np.ndarray, weights: np.ndarray,
                         internal_batch_size: int) -> np.ndarray:
-    """sum_k w_k dF(b + a_k (x - b))/dx for every input, ``internal_batch_size`` evaluations per pass."""
+    """sum_k w_k dF(b + a_k (x - b))/dx for every input, at most ``internal_batch_size`` evaluations per pass."""
     targets = job.resolved_targets()
     pairs = [(i, k) for i in range(len(job)) for k in range(len(alphas))]
     total = np.zeros(job.inputs.shape, np.float64)
-    for start in range(0, len(pairs), internal_batch_size):
-        image, step = (np.array(v) for v in zip(*pairs[start:start + internal_batch_size]))
+    for chunk in even_chunks(len(pairs), internal_batch_size):
+        image, step = (np.array(v) for v in zip(*pairs[chunk]))
         a = alphas[step].astype(np.float32)[:, None, None, None]
         x = base[image] + a * (job.inputs[image] - base[image])
         out = job.adapter.score_gradient(job.model, x, [int(t) for t in targets[image]], job.score, job.fast)
@@ -69,7 +70,7 @@ def integrate_gradients(job: AttributionJob, base: np.ndarray, alphas: np.ndarra
 @register_method("integrated_gradients", display="sum",
                  reference="Sundararajan, Taly, Yan 2017, Axiomatic Attribution for Deep Networks (ICML)")
 def integrated_gradients(job: AttributionJob, *, n_steps: int = 50, rule: str = "gausslegendre",
-                         baseline="zeros", blur_sigma: float = 5.0, internal_batch_size: int = 32) -> MethodMaps:
+                         baseline="zeros", blur_sigma: float = 5.0, internal_batch_size: int = 16) -> MethodMaps:
     """(x - b) times the path integral of the gradient from the baseline b to x; map = sum over channels."""
     internal_batch_size = positive_int("internal_batch_size", internal_batch_size)
     alphas, weights = quadrature(rule, n_steps)

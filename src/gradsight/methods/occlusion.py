@@ -22,7 +22,7 @@ import numbers
 import numpy as np
 
 from ..errors import BadInputError
-from .job import AttributionJob, positive_int, select_scores
+from .job import AttributionJob, images_per_call, positive_int, select_scores
 from .registry import MethodMaps, register_method
 
 
@@ -42,7 +42,7 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 @register_method("occlusion", kind="perturbation", display="cam",
                  reference="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks (ECCV)")
 def occlusion(job: AttributionJob, *, window: int = 32, stride: int = 16, fill: float = 0.0,
-              internal_batch_size: int = 16) -> MethodMaps:
+              internal_batch_size: int = 8) -> MethodMaps:
     """Mean drop of the class score over the filled windows that cover each pixel."""
     window, stride = positive_int("window", window), positive_int("stride", stride)
     internal_batch_size = positive_int("internal_batch_size", internal_batch_size)
@@ -59,9 +59,10 @@ def occlusion(job: AttributionJob, *, window: int = 32, stride: int = 16, fill: 
     count = np.zeros((rows, cols), np.float64)
     for r, c in boxes:
         count[r:r + window, c:c + window] += 1
+    per_call = images_per_call(job.inputs[0].nbytes, internal_batch_size)
     for i in range(n):
-        for start in range(0, len(boxes), internal_batch_size):
-            chunk = boxes[start:start + internal_batch_size]
+        for start in range(0, len(boxes), per_call):
+            chunk = boxes[start:start + per_call]
             batch = np.repeat(job.inputs[i:i + 1], len(chunk), axis=0)
             for k, (r, c) in enumerate(chunk):
                 batch[k, r:r + window, c:c + window, :] = fill

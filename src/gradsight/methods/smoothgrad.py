@@ -13,8 +13,9 @@ chunking nor on the other images of the batch. Every noisy copy is explained for
 ``variant``: "mean" (SmoothGrad), "square" (SmoothGrad^2: the mean of squares) or "var" (VarGrad: the
 biased variance, dividing by n_samples, as Adebayo et al. and Captum). The wrapped ``base_method`` (any pixel
 method; ``base_options`` for its own options, where an (N, H, W, C) array such as a baseline gives one per
-image) works on batches of noisy copies ``internal_batch_size`` at a time, so memory does not grow with
-``n_samples``. (The option is not called ``method``: that keyword of ``attribute`` names SmoothGrad itself.)
+image) works on batches of at most ``internal_batch_size`` noisy copies (passes of even sizes), so memory
+does not grow with ``n_samples``. (The option is not called ``method``: that keyword of ``attribute`` names
+SmoothGrad itself.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numbers
 import numpy as np
 
 from ..errors import BadInputError
-from .job import AttributionJob, add_rows, positive_int
+from .job import AttributionJob, add_rows, even_chunks, positive_int
 from .registry import MethodMaps, get_method, method_options, register_method, to_map
 
 VARIANTS = ("mean", "square", "var")
@@ -69,7 +70,7 @@ def _described(options: dict) -> dict:
                            "VarGrad: Adebayo et al. 2018")
 def smoothgrad(job: AttributionJob, *, base_method: str = "gradient", n_samples: int = 50,
                noise_level: float = 0.15, stdev: float | None = None, variant: str = "mean", seed: int = 0,
-               internal_batch_size: int = 32, base_options: dict | None = None) -> MethodMaps:
+               internal_batch_size: int = 16, base_options: dict | None = None) -> MethodMaps:
     """Average of a pixel method's raw attribution over noisy copies; the map as the wrapped method shows it."""
     inner = get_method(base_method)
     if inner.kind != "pixel" or inner.name == "smoothgrad":
@@ -88,8 +89,8 @@ def smoothgrad(job: AttributionJob, *, base_method: str = "gradient", n_samples:
     total = np.zeros(job.inputs.shape, np.float64)
     squares = np.zeros(job.inputs.shape, np.float64) if variant != "mean" else None
     pairs = [(s, i) for s in range(n_samples) for i in range(n)]
-    for start in range(0, len(pairs), internal_batch_size):
-        sample, image = (np.array(v) for v in zip(*pairs[start:start + internal_batch_size]))
+    for chunk in even_chunks(len(pairs), internal_batch_size):
+        sample, image = (np.array(v) for v in zip(*pairs[chunk]))
         noise = np.stack([np.random.default_rng([int(seed), int(s)]).standard_normal(shape, dtype=np.float32)
                           for s in sample])
         noisy = job.inputs[image] + noise * sigmas.astype(np.float32)[image, None, None, None]
