@@ -221,3 +221,15 @@ def test_per_image_baselines_follow_their_images_through_batches():
 def test_bad_options_are_refused(cnn, bad, match):
     with pytest.raises(BadInputError, match=match):
         attribute(cnn, normal_inputs(1, 8), method="integrated_gradients", **bad)
+
+
+def test_even_chunks_cover_every_row_once_in_the_fewest_passes_of_near_equal_size():
+    from gradsight.methods.job import even_chunks
+
+    for count in range(0, 90):
+        for most in range(1, 20):
+            chunks = even_chunks(count, most)
+            sizes = [c.stop - c.start for c in chunks]
+            assert [i for c in chunks for i in range(c.start, c.stop)] == list(range(count))
+            assert len(chunks) == -(-count // most) and all(0 < s <= most for s in sizes)
+            assert not sizes or max(sizes) - min(sizes) <= 1

@@ -232,7 +232,7 @@ def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 64, fast: bo
         # is made of ordinary tensors.
         runner = (folded_copy(model, as_nchw(inputs[:1], model)) if fast and len(inputs) else None) or model
         with torch.inference_mode() if fast else torch.no_grad():
-            # Watching every torch call for a functional softmax costs ~40% of a pass on EfficientNet-Lite0, so
+            # Watching every torch call for a functional softmax adds ~60% to a pass on EfficientNet-Lite0, so
             # only the first batch is watched; the rest are too only if it found one, or if their output rows
             # look like probabilities (then the batch is run again, watched).
             watch = True
