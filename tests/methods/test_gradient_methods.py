@@ -60,3 +60,19 @@ def test_gradient_equals_captum_on_the_embedded_model_with_the_photo(embedded, o
     theirs = nhwc(Saliency(embedded.module).attribute(nchw(x), target=20, abs=False))
     np.testing.assert_allclose(ours.attribution, theirs, rtol=1e-5, atol=1e-6 * np.abs(theirs).max())
     np.testing.assert_allclose(ours.maps, np.abs(theirs).max(axis=-1), rtol=1e-5, atol=1e-6 * np.abs(theirs).max())
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maps_are_numpys_channel_reductions_bit_for_bit(channels, dtype):
+    from gradsight.methods.registry import to_map
+
+    rng = np.random.default_rng(channels)
+    a = (rng.standard_normal((2, 7, 9, channels)) * rng.uniform(1e-3, 1e3, (2, 7, 9, channels))).astype(dtype)
+    permuted = np.ascontiguousarray(a.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)  # a strided view, as torch's
+    for x in (a, permuted):
+        np.testing.assert_array_equal(to_map(x, "max_abs"), np.abs(a).max(axis=-1))
+        np.testing.assert_array_equal(to_map(x, "sum"), a.sum(axis=-1))
+        assert to_map(x, "sum").dtype == dtype
+    with pytest.raises(ValueError):
+        to_map(a, "cam")

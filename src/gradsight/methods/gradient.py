@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 from .job import AttributionJob
-from .registry import MethodMaps, register_method
+from .registry import MethodMaps, register_method, to_map
 
 
 @register_method("gradient", display="max_abs",
@@ -20,7 +20,7 @@ from .registry import MethodMaps, register_method
 def gradient(job: AttributionJob) -> MethodMaps:
     """The gradient of the class score with respect to the input; map = max over channels of |gradient|."""
     out = job.adapter.score_gradient(job.model, job.inputs, job.targets, job.score, job.fast)
-    return MethodMaps(maps=abs(out.gradient).max(axis=-1), attribution=out.gradient, logits=out.logits,
+    return MethodMaps(maps=to_map(out.gradient, "max_abs"), attribution=out.gradient, logits=out.logits,
                       targets=out.targets)
 
 
@@ -30,5 +30,5 @@ def input_x_gradient(job: AttributionJob) -> MethodMaps:
     """Input times gradient, signed, in model-input space; map = sum over channels."""
     out = job.adapter.score_gradient(job.model, job.inputs, job.targets, job.score, job.fast)
     attribution = job.inputs * out.gradient
-    return MethodMaps(maps=attribution.sum(axis=-1), attribution=attribution, logits=out.logits,
+    return MethodMaps(maps=to_map(attribution, "sum"), attribution=attribution, logits=out.logits,
                       targets=out.targets)

@@ -14,13 +14,13 @@ The explained class is the model's own prediction (the copy's forward pass is th
 from __future__ import annotations
 
 from .job import AttributionJob
-from .registry import MethodMaps, register_method
+from .registry import MethodMaps, register_method, to_map
 
 
 def _rule_gradient(job: AttributionJob, rule: str) -> MethodMaps:
     # The copy's forward pass is the model's, so its logits and predicted classes are the model's too.
     out = job.adapter.score_gradient(job.modified_model(rule), job.inputs, job.targets, job.score, job.fast)
-    return MethodMaps(maps=abs(out.gradient).max(axis=-1), attribution=out.gradient, logits=out.logits,
+    return MethodMaps(maps=to_map(out.gradient, "max_abs"), attribution=out.gradient, logits=out.logits,
                       targets=out.targets)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import BadInputError
 from .baselines import baseline_inputs
 from .job import AttributionJob, add_rows, even_chunks, positive_int, select_scores
-from .registry import MethodMaps, register_method
+from .registry import MethodMaps, register_method, to_map
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "trapezoid")
 
@@ -82,6 +82,6 @@ def integrated_gradients(job: AttributionJob, *, n_steps: int = 50, rule: str = 
     at_baseline = select_scores(job.adapter.predict(job.model, base), targets, job.score)
     difference = at_input - at_baseline
     gap = attribution.astype(np.float64).sum(axis=(1, 2, 3)) - difference
-    return MethodMaps(maps=attribution.sum(axis=-1), attribution=attribution, logits=job.logits(),
+    return MethodMaps(maps=to_map(attribution, "sum"), attribution=attribution, logits=job.logits(),
                       targets=targets, per_image={"completeness_gap": gap, "score_difference": difference},
                       effective={"baseline": described})
