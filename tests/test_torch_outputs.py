@@ -177,3 +177,27 @@ def test_predict_finds_a_functional_softmax_in_any_batch_not_only_the_first(fast
     with torch.no_grad():
         inner = always.inner(2.0 * torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
     np.testing.assert_allclose(predict(always, x, batch_size=3, fast=fast), inner, rtol=1e-5, atol=1e-5)
+
+
+def test_in_one_unchanged_during_block_predict_watches_once_and_still_finds_a_later_softmax(monkeypatch):
+    from gradsight.adapters.torch import folding, gradients
+
+    watched = []
+    real = gradients._run_watched
+    monkeypatch.setattr(gradients, "_run_watched", lambda m, x, watch: watched.append(watch) or real(m, x, watch))
+    rng = np.random.default_rng(6)
+    dark = rng.uniform(-2.0, -1.0, (4, 20, 20, 3)).astype(np.float32)
+    bright = rng.uniform(1.0, 2.0, (2, 20, 20, 3)).astype(np.float32)
+    net = _SoftmaxOnBrightInputs().eval()
+    with torch.no_grad():
+        expected = net.inner(torch.from_numpy(bright).permute(0, 3, 1, 2).contiguous()).numpy()
+    with folding.unchanged_during(net):
+        gradients.predict(net, dark, batch_size=2)
+        gradients.predict(net, dark, batch_size=2)
+        assert watched == [True, False, False, False]  # four batches, one watched
+        got = gradients.predict(net, bright, batch_size=2)  # unwatched, but its rows are probabilities
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert watched[4:] == [False, True]
+    watched.clear()
+    gradients.predict(net, dark, batch_size=2)  # outside the block: its first batch is watched again
+    assert watched == [True, False]

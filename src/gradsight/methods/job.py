@@ -34,9 +34,9 @@ def images_per_call(image_nbytes: int, batch_size: int) -> int:
         >>> images_per_call(224 * 224 * 3 * 4, 8)           # 600 KiB images: 13 batches fit in 64 MiB
         104
 
-    Fewer, larger calls matter on small models: each call checks the cached fast copy once (~3 ms on
-    EfficientNet-Lite0, 16 ms on ResNet50) and watches its first pass for a functional softmax (+60% on that
-    pass, EfficientNet-Lite0).
+    Fewer, larger calls matter on small models: outside an ``unchanged_during`` block each call checks the
+    cached fast copy (~3 ms on EfficientNet-Lite0, 16 ms on ResNet50) and watches its first pass for a
+    functional softmax (+60% on that pass, EfficientNet-Lite0).
     """
     batches = max(1, min(CALL_BYTES // max(1, image_nbytes * batch_size), -(-CALL_IMAGES // batch_size)))
     return batch_size * batches

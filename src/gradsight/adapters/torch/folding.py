@@ -151,13 +151,14 @@ def snapshot(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return [t.detach().clone() for t in tensors]
 
 
-# id(model) -> (model, folded_copy's answer) while ``unchanged_during`` blocks are open; None outside them.
+# id(model) -> (model, {question: answer}) while ``unchanged_during`` blocks are open; None outside them.
 _ANSWERED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gradsight_folded_answers", default=None)
 
 
 @contextlib.contextmanager
 def unchanged_during(model: nn.Module):
-    """A block in which ``model`` is taken as fixed: ``folded_copy`` checks it once and gives that answer again.
+    """A block in which ``model`` is taken as fixed: what is found out about it once (``folded_copy``'s check,
+    whether ``predict`` must watch for a functional softmax) is the answer for the rest of the block.
 
     Example:
         >>> with unchanged_during(net):            # one gradsight call, its batches back to back  # doctest: +SKIP
@@ -176,6 +177,17 @@ def unchanged_during(model: nn.Module):
         _ANSWERED.reset(token)
 
 
+def block_answers(model: nn.Module) -> dict | None:
+    """``model``'s answers in the open ``unchanged_during`` block, to read and fill; None outside a block."""
+    answers = _ANSWERED.get()
+    if answers is None:
+        return None
+    entry = answers.get(id(model))
+    if entry is None or entry[0] is not model:
+        entry = answers[id(model)] = (model, {})
+    return entry[1]
+
+
 def folded_copy(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     """The cached folded copy of ``model``, or None when folding does not apply or does not check out.
 
@@ -183,12 +195,12 @@ def folded_copy(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     tensor attribute are exactly as when it was built; any change rebuilds it. Inside ``unchanged_during``
     the check runs once per block.
     """
-    answers = _ANSWERED.get()
-    if answers is not None and id(model) in answers and answers[id(model)][0] is model:
-        return answers[id(model)][1]
+    memo = block_answers(model)
+    if memo is not None and "folded" in memo:
+        return memo["folded"]
     folded = _checked_folded_copy(model, probe)
-    if answers is not None:
-        answers[id(model)] = (model, folded)
+    if memo is not None:
+        memo["folded"] = folded
     return folded
 
 

@@ -33,7 +33,7 @@ from ..common import (
     resolve_targets,
     rows_are_probabilities,
 )
-from .folding import folded_copy
+from .folding import block_answers, folded_copy
 from .layers import eval_mode, resolve_module
 
 avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
@@ -233,14 +233,18 @@ def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 64, fast: bo
         runner = (folded_copy(model, as_nchw(inputs[:1], model)) if fast and len(inputs) else None) or model
         with torch.inference_mode() if fast else torch.no_grad():
             # Watching every torch call for a functional softmax adds ~60% to a pass on EfficientNet-Lite0, so
-            # only the first batch is watched; the rest are too only if it found one, or if their output rows
-            # look like probabilities (then the batch is run again, watched).
-            watch = True
+            # only the first batch is watched (the first of an unchanged_during block, which remembers what it
+            # found); the rest are too only if it found one, or if their output rows look like probabilities
+            # (then the batch is run again, watched).
+            memo = block_answers(model)
+            watch = memo is None or memo.get("watch_softmax", True)
             for start in range(0, len(inputs), batch_size):
                 x = as_nchw(inputs[start:start + batch_size], model)
                 scores, stepped = model_scores(runner, x, watch=watch)
                 if not (watch or stepped) and _probability_rows(scores):
                     scores, stepped = model_scores(runner, x, watch=True)
+                if watch and memo is not None:
+                    memo["watch_softmax"] = stepped
                 watch = watch and stepped
                 out.append(_checked_logits(class_logits(scores, stepped), len(x)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
