@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from .same_padding import unpad_same_convs
+
 # ---------------------------------------------------------------------------------------------------------
 # Fast path: a private copy with BatchNorm folded into the preceding convolution and no parameter gradients.
 # Eval-mode BatchNorm is an affine map per channel, so conv->BN equals one conv with rescaled weights; this
@@ -242,7 +244,8 @@ class _DropAct(nn.Module):
 
 
 def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
-    """A copy of ``model`` (eval mode) with each Conv2d->BatchNorm2d pair folded, or None if none applies.
+    """A copy of ``model`` (eval mode) with each Conv2d->BatchNorm2d pair folded, or None if none applies;
+    timm's 'SAME'-padded convolutions in it pad inside the convolution (``same_padding``).
 
     Pairs are found by running ``probe`` and seeing which BatchNorm receives a convolution's output tensor
     itself. The copy's logits on ``probe`` must match the model's; otherwise None (the plain path is used).
@@ -284,6 +287,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
         conv, bn = named[conv_name], named[bn_name]
         _set_submodule(clone, conv_name, _fold_pair(conv, bn))
         _set_submodule(clone, bn_name, _bn_replacement(bn))
+    unpad_same_convs(clone)
     for p in clone.parameters():
         p.requires_grad_(False)
     with torch.no_grad():

@@ -1,0 +1,74 @@
+"""TensorFlow 'SAME' convolutions (timm's ``Conv2dSame``) without a padded copy of their input, for the
+private folded copy of a model.
+
+Example:
+    >>> swapped = unpad_same_convs(clone)      # names of the convolutions now padded in place  # doctest: +SKIP
+
+'SAME' pads ``total`` zeros along an axis, ``total // 2`` before and the rest after, so a stride-2 convolution
+of an even-sized input pads one zero more after than before. PyTorch convolutions pad both sides equally, so
+timm pads a copy of the whole activation first (``F.pad``), then convolves. On EfficientNet-Lite0 at batch 4
+those copies and the unpadded convolutions after them took 40% of a forward pass (bench/evaluation.py).
+
+The same numbers come without the copy: pad ``left + 1`` on both sides and prepend one zero tap to the kernel
+along that axis. Output ``i`` of the original reads ``x[s*i + j - left]`` with tap ``w[j]``; the widened kernel
+reads ``x[s*i + j' - left - 1]`` with ``w'[j'] = w[j' - 1]`` and ``w'[0] = 0``, the same products plus one
+product with an exact zero, and the output sizes agree. (The extra product is ``0 * x``: it differs only where
+``x`` is infinite or NaN, and there the original output is not finite either.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _is_timm_same_conv(module: nn.Module) -> bool:
+    cls = type(module)
+    return (cls.__name__ == "Conv2dSame" and cls.__module__.startswith("timm.")
+            and "forward" not in module.__dict__ and isinstance(module, nn.Conv2d))
+
+
+class SamePaddedConv(nn.Conv2d):
+    """A ``Conv2dSame`` that pads inside the convolution; same parameters under the same names."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
+                         conv.groups, conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+        self.weight, self.bias = conv.weight, conv.bias
+        # Widened kernels are cached: the folded copy's weights are private and never change (any change to
+        # the user's model builds a new copy).
+        self._widened: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _kernel(self, extra: tuple[int, int]) -> torch.Tensor:
+        if extra == (0, 0):
+            return self.weight
+        if extra not in self._widened:
+            self._widened[extra] = F.pad(self.weight.detach(), (extra[1], 0, extra[0], 0))
+        return self._widened[extra]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads, extra = [], []
+        for size, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            before = total // 2
+            pads.append(total - before)
+            extra.append(total - 2 * before)  # 0 or 1
+        if any(extra) and self.dilation != (1, 1):  # a zero tap would shift by the dilation, not by one
+            pad_h, pad_w = (p - e for p, e in zip(pads, extra))
+            x = F.pad(x, (pad_w, pads[1], pad_h, pads[0]))
+            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, self._kernel((extra[0], extra[1])), self.bias, self.stride, tuple(pads),
+                        self.dilation, self.groups)
+
+
+def unpad_same_convs(root: nn.Module) -> list[str]:
+    """Replace every timm ``Conv2dSame`` under ``root`` by a ``SamePaddedConv``; returns their names."""
+    swapped = [name for name, module in root.named_modules() if name and _is_timm_same_conv(module)]
+    for name in swapped:
+        parent_name, _, child = name.rpartition(".")
+        parent = root.get_submodule(parent_name) if parent_name else root
+        setattr(parent, child, SamePaddedConv(getattr(parent, child)))
+    return swapped
