@@ -7,13 +7,13 @@ Example:
 'SAME' pads ``total`` zeros along an axis, ``total // 2`` before and the rest after, so a stride-2 convolution
 of an even-sized input pads one zero more after than before. PyTorch convolutions pad both sides equally, so
 timm pads a copy of the whole activation first (``F.pad``), then convolves. On EfficientNet-Lite0 at batch 4
-those copies and the unpadded convolutions after them took 40% of a forward pass (bench/evaluation.py).
+that made a forward pass 15% slower (7.0 against 6.0 ms an image, the two copies interleaved).
 
 The same numbers come without the copy: pad ``left + 1`` on both sides and prepend one zero tap to the kernel
 along that axis. Output ``i`` of the original reads ``x[s*i + j - left]`` with tap ``w[j]``; the widened kernel
 reads ``x[s*i + j' - left - 1]`` with ``w'[j'] = w[j' - 1]`` and ``w'[0] = 0``, the same products plus one
-product with an exact zero, and the output sizes agree. (The extra product is ``0 * x``: it differs only where
-``x`` is infinite or NaN, and there the original output is not finite either.)
+product with an exact zero, and the output sizes agree. (The extra product ``0 * x`` matters only where ``x``
+is infinite or NaN; such a value already makes the original's outputs around it non-finite.)
 """
 
 from __future__ import annotations
