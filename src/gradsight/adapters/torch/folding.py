@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from .packed_conv import pack_convolutions
 from .same_padding import unpad_same_convs
 
 # ---------------------------------------------------------------------------------------------------------
@@ -245,7 +246,8 @@ class _DropAct(nn.Module):
 
 def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     """A copy of ``model`` (eval mode) with each Conv2d->BatchNorm2d pair folded, or None if none applies;
-    timm's 'SAME'-padded convolutions in it pad inside the convolution (``same_padding``).
+    timm's 'SAME'-padded convolutions in it pad inside the convolution (``same_padding``), and its
+    convolutions reorder their weights once for passes without gradients (``packed_conv``).
 
     Pairs are found by running ``probe`` and seeing which BatchNorm receives a convolution's output tensor
     itself. The copy's logits on ``probe`` must match the model's; otherwise None (the plain path is used).
@@ -288,6 +290,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
         _set_submodule(clone, conv_name, _fold_pair(conv, bn))
         _set_submodule(clone, bn_name, _bn_replacement(bn))
     unpad_same_convs(clone)
+    pack_convolutions(clone)
     for p in clone.parameters():
         p.requires_grad_(False)
     with torch.no_grad():

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .packed_conv import PackedWeights, convolve
+
 
 def _is_timm_same_conv(module: nn.Module) -> bool:
     cls = type(module)
@@ -41,6 +43,7 @@ class SamePaddedConv(nn.Conv2d):
         # Widened kernels are cached: the folded copy's weights are private and never change (any change to
         # the user's model builds a new copy).
         self._widened: dict[tuple[int, int], torch.Tensor] = {}
+        self._packed = PackedWeights()  # packed_conv.convolve's reordered weights, per widening
 
     def _kernel(self, extra: tuple[int, int]) -> torch.Tensor:
         if extra == (0, 0):
@@ -60,8 +63,8 @@ class SamePaddedConv(nn.Conv2d):
             pad_h, pad_w = (p - e for p, e in zip(pads, extra))
             x = F.pad(x, (pad_w, pads[1], pad_h, pads[0]))
             return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(x, self._kernel((extra[0], extra[1])), self.bias, self.stride, tuple(pads),
-                        self.dilation, self.groups)
+        key = (extra[0], extra[1])
+        return convolve(self, x, self._kernel(key), (pads[0], pads[1]), self._packed, key)
 
 
 def unpad_same_convs(root: nn.Module) -> list[str]:

@@ -1,0 +1,118 @@
+"""The folded copy's convolutions reorder their weights once for passes without gradients. The oracle is
+torch's own ``F.conv2d`` on the same weights: same numbers for every stride, padding, dilation, group count and
+input shape; gradients still flow through the plain path; a refusing op falls back to it."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradsight.adapters.torch import packed_conv
+from gradsight.adapters.torch.folding import fold_batchnorm
+from gradsight.adapters.torch.packed_conv import KEEP_SHAPES, PackedConv, pack_convolutions
+
+
+def _reference(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation,groups,bias", [
+    (3, 1, 1, 1, 1, True), (3, 2, 1, 1, 1, False), (1, 1, 0, 1, 1, True), (5, 2, 2, 1, 8, True),
+    (3, 1, 2, 2, 1, True), ((3, 1), (2, 1), (1, 0), 1, 2, True), (7, 2, 3, 1, 1, False)])
+def test_packed_convolution_equals_conv2d_for_every_shape_without_gradients(kernel, stride, padding, dilation,
+                                                                            groups, bias):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, kernel, stride, padding, dilation, groups, bias).eval().requires_grad_(False)
+    ours = PackedConv(conv)
+    for shape in ((4, 8, 20, 20), (1, 8, 20, 20), (3, 8, 17, 26), (4, 8, 20, 20)):
+        x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            got = ours(x)
+        want = _reference(conv, x)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()), err_msg=str(shape))
+        assert len(ours._packed) <= KEEP_SHAPES
+    assert ours._packed and all(isinstance(k, tuple) for k in ours._packed)  # the packed path did run
+    with torch.no_grad():  # plain no_grad (not inference mode) packs as well
+        np.testing.assert_allclose(ours(x), _reference(conv, x), rtol=1e-5, atol=1e-5)
+
+
+def test_with_gradients_the_plain_convolution_runs_and_gradients_are_exact():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, 2, 1).requires_grad_(False)
+    ours = PackedConv(conv)
+    x = torch.randn(2, 4, 15, 15, requires_grad=True)
+    (got,) = torch.autograd.grad(ours(x).square().sum(), x)
+    (want,) = torch.autograd.grad(_reference(conv, x).square().sum(), x)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert not ours._packed
+
+
+def test_a_copy_of_a_packed_module_packs_again():
+    conv = PackedConv(nn.Conv2d(3, 4, 3, padding=1))
+    x = torch.randn(1, 3, 8, 8)
+    with torch.inference_mode():
+        conv(x)
+    assert conv._packed
+    twin = copy.deepcopy(conv)  # oneDNN's opaque tensors cannot be copied: the copy starts empty
+    assert not twin._packed
+    with torch.inference_mode():
+        np.testing.assert_allclose(twin(x), conv(x), rtol=0, atol=0)
+
+
+def test_an_op_that_refuses_falls_back_to_the_plain_convolution(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("not in this build")
+
+    monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", refuse)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    ours = PackedConv(conv)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.inference_mode():
+        for _ in range(2):
+            np.testing.assert_allclose(ours(x), _reference(conv, x), rtol=1e-6, atol=1e-6)
+    assert dict(ours._packed) == {None: False}
+
+
+def test_only_plain_zero_padded_convolutions_are_swapped():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding="same"),
+                        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.Sequential(nn.Conv2d(4, 2, 1)))
+    assert pack_convolutions(net) == ["0", "3.0"]
+    assert [type(m) for m in (net[0], net[1], net[2], net[3][0])] == [PackedConv, nn.Conv2d, nn.Conv2d, PackedConv]
+
+
+def test_embedded_models_folded_copy_packs_and_predicts_the_same_logits(embedded):
+    model = embedded.module.eval()
+    torch.manual_seed(2)
+    x = torch.randn(3, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    folded = fold_batchnorm(model, x[:1])
+    packed = [m for m in folded.modules() if isinstance(m, PackedConv)]
+    assert len(packed) == 44  # every convolution but the five TensorFlow-'SAME' ones (they pack on their own)
+    with torch.inference_mode():
+        fast = folded(x)
+    assert all(m._packed for m in packed)
+    with torch.enable_grad():  # the same copy on its plain path
+        plain = folded(x.clone().requires_grad_(True)).detach()
+    np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5 * float(plain.abs().max()))
+
+
+def test_packing_is_off_where_onednn_is_switched_off():
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not packed_conv._op_available()
+        assert pack_convolutions(nn.Sequential(nn.Conv2d(1, 1, 1))) == []
+
+
+def test_a_packed_module_runs_plain_once_onednn_is_switched_off(monkeypatch):
+    conv = PackedConv(nn.Conv2d(3, 4, 3, padding=1))
+    x = torch.randn(1, 3, 8, 8)
+    calls = []
+    real = torch._C._nn.mkldnn_reorder_conv2d_weight
+    monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", lambda *a: calls.append(1) or real(*a))
+    with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):
+        np.testing.assert_allclose(conv(x), _reference(conv, x), rtol=1e-6, atol=1e-6)
+    assert not calls and not conv._packed
