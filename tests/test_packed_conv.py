@@ -5,6 +5,7 @@ input shape; gradients still flow through the plain path; a refusing op falls ba
 from __future__ import annotations
 
 import copy
+import threading
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def test_packed_convolution_equals_conv2d_for_every_shape_without_gradients(kern
         want = _reference(conv, x)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()), err_msg=str(shape))
         assert len(ours._packed) <= KEEP_SHAPES
-    assert ours._packed and all(isinstance(k, tuple) for k in ours._packed)  # the packed path did run
+    assert len(ours._packed) and not ours._packed.refused  # the packed path did run
     with torch.no_grad():  # plain no_grad (not inference mode) packs as well
         np.testing.assert_allclose(ours(x), _reference(conv, x), rtol=1e-5, atol=1e-5)
 
@@ -49,7 +50,7 @@ def test_with_gradients_the_plain_convolution_runs_and_gradients_are_exact():
     (got,) = torch.autograd.grad(ours(x).square().sum(), x)
     (want,) = torch.autograd.grad(_reference(conv, x).square().sum(), x)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    assert not ours._packed
+    assert not len(ours._packed)
 
 
 def test_a_copy_of_a_packed_module_packs_again():
@@ -57,9 +58,9 @@ def test_a_copy_of_a_packed_module_packs_again():
     x = torch.randn(1, 3, 8, 8)
     with torch.inference_mode():
         conv(x)
-    assert conv._packed
+    assert len(conv._packed)
     twin = copy.deepcopy(conv)  # oneDNN's opaque tensors cannot be copied: the copy starts empty
-    assert not twin._packed
+    assert not len(twin._packed)
     with torch.inference_mode():
         np.testing.assert_allclose(twin(x), conv(x), rtol=0, atol=0)
 
@@ -76,7 +77,7 @@ def test_an_op_that_refuses_falls_back_to_the_plain_convolution(monkeypatch):
     with torch.inference_mode():
         for _ in range(2):
             np.testing.assert_allclose(ours(x), _reference(conv, x), rtol=1e-6, atol=1e-6)
-    assert dict(ours._packed) == {None: False}
+    assert ours._packed.refused and not len(ours._packed)
 
 
 def test_only_plain_zero_padded_convolutions_are_swapped():
@@ -95,7 +96,7 @@ def test_embedded_models_folded_copy_packs_and_predicts_the_same_logits(embedded
     assert len(packed) == 44  # every convolution but the five TensorFlow-'SAME' ones (they pack on their own)
     with torch.inference_mode():
         fast = folded(x)
-    assert all(m._packed for m in packed)
+    assert all(len(m._packed) for m in packed)
     with torch.enable_grad():  # the same copy on its plain path
         plain = folded(x.clone().requires_grad_(True)).detach()
     np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5 * float(plain.abs().max()))
@@ -115,4 +116,31 @@ def test_a_packed_module_runs_plain_once_onednn_is_switched_off(monkeypatch):
     monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", lambda *a: calls.append(1) or real(*a))
     with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):
         np.testing.assert_allclose(conv(x), _reference(conv, x), rtol=1e-6, atol=1e-6)
-    assert not calls and not conv._packed
+    assert not calls and not len(conv._packed)
+
+
+def test_threads_sharing_a_module_with_more_shapes_than_kept_get_the_right_numbers():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 8, 3, padding=1)
+    ours = PackedConv(conv)
+    inputs = [torch.randn(b, 4, 12, 12) for b in (1, 2, 3, 4)]  # more shapes than KEEP_SHAPES: evictions race
+    wants = [_reference(conv, x).detach() for x in inputs]
+    errors = []
+
+    def work(offset):
+        try:
+            for i in range(60):
+                k = (i + offset) % len(inputs)
+                with torch.inference_mode():
+                    got = ours(inputs[k])
+                if not torch.allclose(got, wants[k], rtol=1e-5, atol=1e-5):
+                    errors.append(k)
+        except Exception as error:  # noqa: BLE001 - any exception in a thread is the failure reported
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(offset,)) for offset in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and not ours._packed.refused

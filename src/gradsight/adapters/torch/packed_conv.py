@@ -13,6 +13,8 @@ numbers, 4-7% sooner: ResNet50 at batch 8 30.0 -> 28.6 ms an image, EfficientNet
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,9 +33,17 @@ def _packable_input(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.layout == torch.strided)
 
 
-class PackedWeights(dict):
-    """A module's reordered weights by key. oneDNN's opaque tensors cannot be copied or pickled, so a copy of
-    the module starts empty and packs again."""
+class PackedWeights:
+    """One module's reordered weights, by key, the last KEEP_SHAPES of them; ``refused`` once the op refused.
+
+    oneDNN's opaque tensors cannot be copied or pickled, so a copy of the module starts empty and packs again.
+    A lock keeps threads that share the folded copy (the explorer's server) from evicting each other's entry.
+    """
+
+    def __init__(self):
+        self._by_key: dict = {}
+        self._lock = threading.Lock()
+        self.refused = False
 
     def __deepcopy__(self, memo):
         return PackedWeights()
@@ -41,28 +51,39 @@ class PackedWeights(dict):
     def __reduce__(self):
         return PackedWeights, ()
 
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def get(self, key, make) -> torch.Tensor:
+        with self._lock:
+            weight = self._by_key.get(key)
+            if weight is None:
+                while len(self._by_key) >= KEEP_SHAPES:
+                    self._by_key.pop(next(iter(self._by_key)))
+                weight = self._by_key[key] = make()
+            return weight
+
+    def refuse(self) -> None:
+        with self._lock:
+            self._by_key.clear()
+            self.refused = True
+
 
 def convolve(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int],
              packed: PackedWeights, key) -> torch.Tensor:
     """``F.conv2d(x, weight, module.bias, ..., padding)``; without gradients on a weight reordered once and kept
-    in ``packed[key]`` (``packed[None] = False`` once the op refused: plain convolutions from then on)."""
-    if packed.get(None, True) and _packable_input(x, weight):
+    in ``packed`` under ``key`` and the input's shape (plain convolutions once the op has refused)."""
+    if not packed.refused and _packable_input(x, weight):
+        stride, dilation = list(module.stride), list(module.dilation)
         # The layout oneDNN picks depends on the input's shape (packed for batch 1, ResNet50 ran 15% slower at
-        # batch 8 than unpacked), so each shape gets its own; the last few are kept.
-        key = (key, tuple(x.shape))
+        # batch 8 than unpacked), so each shape gets its own.
         try:
-            if key not in packed:
-                while len(packed) >= KEEP_SHAPES:
-                    del packed[next(iter(packed))]
-                packed[key] = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                    weight.detach().to_mkldnn(), list(padding), list(module.stride), list(module.dilation),
-                    module.groups, list(x.shape))
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, packed[key], module.bias, list(padding), list(module.stride), list(module.dilation),
-                module.groups, "none", [], "")
+            reordered = packed.get((key, tuple(x.shape)), lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
+                weight.detach().to_mkldnn(), list(padding), stride, dilation, module.groups, list(x.shape)))
+            return torch.ops.mkldnn._convolution_pointwise(x, reordered, module.bias, list(padding), stride,
+                                                           dilation, module.groups, "none", [], "")
         except (RuntimeError, NotImplementedError):  # an input this build's op does not take: plain from now on
-            packed.clear()
-            packed[None] = False
+            packed.refuse()
     return F.conv2d(x, weight, module.bias, module.stride, padding, module.dilation, module.groups)
 
 
