@@ -30,7 +30,7 @@ def test_packed_convolution_equals_conv2d_for_every_shape_without_gradients(kern
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 16, kernel, stride, padding, dilation, groups, bias).eval().requires_grad_(False)
     ours = PackedConv(conv)
-    for shape in ((4, 8, 20, 20), (1, 8, 20, 20), (3, 8, 17, 26), (4, 8, 20, 20)):
+    for shape in ((4, 8, 20, 20), (1, 8, 20, 20), (3, 8, 17, 26), (4, 8, 20, 20)):  # batch and size change
         x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             got = ours(x)
@@ -55,7 +55,7 @@ def test_with_gradients_the_plain_convolution_runs_and_gradients_are_exact():
 
 def test_a_copy_of_a_packed_module_packs_again():
     conv = PackedConv(nn.Conv2d(3, 4, 3, padding=1))
-    x = torch.randn(1, 3, 8, 8)
+    x = torch.randn(1, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         conv(x)
     assert len(conv._packed)
@@ -73,7 +73,7 @@ def test_an_op_that_refuses_falls_back_to_the_plain_convolution(monkeypatch):
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 3, padding=1)
     ours = PackedConv(conv)
-    x = torch.randn(2, 3, 9, 9)
+    x = torch.randn(2, 3, 9, 9).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         for _ in range(2):
             np.testing.assert_allclose(ours(x), _reference(conv, x), rtol=1e-6, atol=1e-6)
@@ -110,20 +110,24 @@ def test_packing_is_off_where_onednn_is_switched_off():
 
 def test_a_packed_module_runs_plain_once_onednn_is_switched_off(monkeypatch):
     conv = PackedConv(nn.Conv2d(3, 4, 3, padding=1))
-    x = torch.randn(1, 3, 8, 8)
+    x = torch.randn(1, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     calls = []
     real = torch._C._nn.mkldnn_reorder_conv2d_weight
     monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", lambda *a: calls.append(1) or real(*a))
     with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):
         np.testing.assert_allclose(conv(x), _reference(conv, x), rtol=1e-6, atol=1e-6)
     assert not calls and not len(conv._packed)
+    with torch.inference_mode():  # switched on again: it packs (the test above would be empty otherwise)
+        conv(x)
+    assert calls and len(conv._packed)
 
 
 def test_threads_sharing_a_module_with_more_shapes_than_kept_get_the_right_numbers():
     torch.manual_seed(3)
     conv = nn.Conv2d(4, 8, 3, padding=1)
     ours = PackedConv(conv)
-    inputs = [torch.randn(b, 4, 12, 12) for b in (1, 2, 3, 4)]  # more shapes than KEEP_SHAPES: evictions race
+    # More shapes than KEEP_SHAPES: the threads evict each other's entries.
+    inputs = [torch.randn(b, 4, 12, 12).contiguous(memory_format=torch.channels_last) for b in (1, 2, 3, 4)]
     wants = [_reference(conv, x).detach() for x in inputs]
     errors = []
 
@@ -143,4 +147,13 @@ def test_threads_sharing_a_module_with_more_shapes_than_kept_get_the_right_numbe
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == [] and not ours._packed.refused
+    assert errors == [] and not ours._packed.refused and len(ours._packed)
+
+
+def test_input_not_in_channels_last_layout_runs_plain_and_keeps_its_layout():
+    conv = PackedConv(nn.Conv2d(3, 4, 3, padding=1))
+    x = torch.randn(2, 3, 8, 8)  # ordinary NCHW: F.conv2d's output follows it, the packed op's would not
+    with torch.inference_mode():
+        out = conv(x)
+    assert out.is_contiguous() and not len(conv._packed)
+    np.testing.assert_allclose(out, _reference(conv, x).detach(), rtol=1e-6, atol=1e-6)

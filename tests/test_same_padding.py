@@ -71,3 +71,36 @@ def test_embedded_models_folded_copy_has_no_padded_copies_and_matches_timms_conv
         want, want_grad = _forward_and_gradient(timm_padded, x)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
         np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-5 * float(want_grad.abs().max()))
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 2), (5, 2), ((3, 5), (2, 1))])
+def test_without_gradients_the_packed_path_equals_timm_in_float32(kernel, stride):
+    torch.manual_seed(0)
+    reference = Conv2dSame(4, 8, kernel, stride).eval().requires_grad_(False)
+    ours = SamePaddedConv(reference)
+    for rows, cols in itertools.product((12, 13), (14, 9)):
+        x = torch.randn(2, 4, rows, cols).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            got = ours(x)
+        want = reference(x)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()),
+                                   err_msg=f"{rows}x{cols}")
+    assert len(ours._packed) and not ours._packed.refused  # it really ran packed
+
+
+def test_a_widening_first_needed_under_inference_mode_still_serves_gradient_passes():
+    torch.manual_seed(0)
+    reference = Conv2dSame(3, 4, 3, 2).requires_grad_(False)
+    ours = SamePaddedConv(reference)
+    x = torch.randn(1, 3, 12, 13).contiguous(memory_format=torch.channels_last)  # widening (1, 0)
+    with torch.inference_mode():
+        ours(x)
+    got, got_grad = _forward_and_gradient(ours, x)
+    want, want_grad = _forward_and_gradient(reference, x)
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_building_the_fast_copy_leaves_the_random_generator_alone(embedded):
+    state = torch.get_rng_state()
+    assert fold_batchnorm(embedded.module.eval(), torch.zeros(1, 3, 224, 224)) is not None
+    assert torch.equal(torch.get_rng_state(), state)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from .layers import replace_submodule
 from .packed_conv import pack_convolutions
 from .same_padding import unpad_same_convs
 
@@ -287,21 +288,30 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     clone.gradsight_folded_convs = frozenset(conv for conv, _ in pairs)  # their outputs now include the BN
     for conv_name, bn_name in pairs:
         conv, bn = named[conv_name], named[bn_name]
-        _set_submodule(clone, conv_name, _fold_pair(conv, bn))
-        _set_submodule(clone, bn_name, _bn_replacement(bn))
+        replace_submodule(clone, conv_name, _fold_pair(conv, bn))
+        replace_submodule(clone, bn_name, _bn_replacement(bn))
     unpad_same_convs(clone)
     pack_convolutions(clone)
     for p in clone.parameters():
         p.requires_grad_(False)
-    with torch.no_grad():
-        folded = clone(probe.clone())
-    if not isinstance(reference, torch.Tensor) or folded.shape != reference.shape:
+    if not isinstance(reference, torch.Tensor):
+        return None
+    # Both paths of the copy are checked: without gradients its convolutions run on packed weights, with
+    # gradients on the plain ones (packed_conv).
+    try:
+        with torch.no_grad():
+            forward_only = clone(probe.clone())
+        with torch.enable_grad():
+            with_grad = clone(probe.clone().requires_grad_(True)).detach()
+    except Exception:  # a copy that does not run simply leaves the plain path
         return None
     tolerance = 1e-3 * float(reference.abs().max()) + 1e-5
-    if float((folded - reference).abs().max()) > tolerance:
-        warnings.warn("gradsight: BatchNorm folding changed this model's outputs; using the plain gradient "
-                      "path (pass fast=False to skip the check).", RuntimeWarning, stacklevel=4)
-        return None
+    for folded in (forward_only, with_grad):
+        if folded.shape != reference.shape or float((folded - reference).abs().max()) > tolerance:
+            warnings.warn("gradsight: the fast copy of this model (BatchNorm folded, convolutions padded and packed) "
+                          "changed its outputs; using the plain path (pass fast=False to skip the check).",
+                          RuntimeWarning, stacklevel=4)
+            return None
     return clone
 
 
@@ -321,7 +331,3 @@ def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
-def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
-    parent_name, _, child = dotted.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)

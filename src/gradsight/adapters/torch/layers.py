@@ -41,6 +41,13 @@ class _Reached(Exception):
     """Raised by a forward hook to stop the model once the layer of interest has run."""
 
 
+def replace_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    """Put ``new`` where ``root.get_submodule(dotted)`` was (``dotted`` non-empty)."""
+    parent_name, _, child = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
 def resolve_module(model: nn.Module, layer) -> tuple[str, nn.Module]:
     """(name, module) for a layer given by name, by module, or by index among the model's direct children."""
     if isinstance(layer, nn.Module):

@@ -6,8 +6,8 @@ Example:
 On CPU, ``F.conv2d`` reorders each weight into oneDNN's blocked layout on every call; for a forward pass that
 is a copy of every weight of the network (ResNet50: 100 MB). Without gradients (``predict``: occlusion, the
 deletion and insertion curves, Score-CAM) the folded copy instead runs the convolution on a weight reordered
-once, with the same oneDNN kernel (the op PyTorch's own inductor uses for frozen CPU graphs), and gets the same
-numbers, 4-7% sooner: ResNet50 at batch 8 30.0 -> 28.6 ms an image, EfficientNet-Lite0 at batch 4 5.7 -> 5.3 ms
+once, with the same oneDNN kernel (the op PyTorch's own inductor uses for frozen CPU graphs): equal to float
+rounding, 4-7% sooner: ResNet50 at batch 8 30.0 -> 28.6 ms an image, EfficientNet-Lite0 at batch 4 5.7 -> 5.3 ms
 (medians of interleaved passes). With gradients on, or where the op is missing or refuses, the plain ``F.conv2d`` runs.
 """
 
@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import replace_submodule
+
 KEEP_SHAPES = 2  # a call's full batches and its last, partial one; each costs a copy of the weights
 
 
@@ -29,8 +31,11 @@ def _op_available() -> bool:
 
 def _packable_input(x: torch.Tensor, weight: torch.Tensor) -> bool:
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    # Channels-last input only: the op's output is channels-last whatever the input, and F.conv2d's follows the
+    # input's layout, which a model's own .view() after a convolution may rely on.
     return (not needs_grad and torch.backends.mkldnn.enabled and x.ndim == 4 and x.device.type == "cpu"
-            and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.layout == torch.strided)
+            and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.layout == torch.strided
+            and x.is_contiguous(memory_format=torch.channels_last))
 
 
 class PackedWeights:
@@ -82,7 +87,7 @@ def convolve(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, padding: 
                 weight.detach().to_mkldnn(), list(padding), stride, dilation, module.groups, list(x.shape)))
             return torch.ops.mkldnn._convolution_pointwise(x, reordered, module.bias, list(padding), stride,
                                                            dilation, module.groups, "none", [], "")
-        except (RuntimeError, NotImplementedError):  # an input this build's op does not take: plain from now on
+        except (RuntimeError, NotImplementedError, AttributeError):  # this build's op refuses: plain from now on
             packed.refuse()
     return F.conv2d(x, weight, module.bias, module.stride, padding, module.dilation, module.groups)
 
@@ -92,9 +97,9 @@ class PackedConv(nn.Conv2d):
     same parameters under the same names."""
 
     def __init__(self, conv: nn.Conv2d):
+        # Made on the meta device: a real one would draw initial weights from the user's random generator.
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                         conv.dilation, conv.groups, conv.bias is not None, device=conv.weight.device,
-                         dtype=conv.weight.dtype)
+                         conv.dilation, conv.groups, conv.bias is not None, device="meta", dtype=conv.weight.dtype)
         self.weight, self.bias = conv.weight, conv.bias
         # The folded copy's weights are private and never change (a change to the user's model builds a new
         # copy), so one packed weight serves every later pass.
@@ -116,7 +121,5 @@ def pack_convolutions(root: nn.Module) -> list[str]:
         return []
     swapped = [name for name, module in root.named_modules() if name and _packable_conv(module)]
     for name in swapped:
-        parent_name, _, child = name.rpartition(".")
-        parent = root.get_submodule(parent_name) if parent_name else root
-        setattr(parent, child, PackedConv(getattr(parent, child)))
+        replace_submodule(root, name, PackedConv(root.get_submodule(name)))
     return swapped

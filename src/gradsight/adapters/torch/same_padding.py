@@ -6,14 +6,14 @@ Example:
 
 'SAME' pads ``total`` zeros along an axis, ``total // 2`` before and the rest after, so a stride-2 convolution
 of an even-sized input pads one zero more after than before. PyTorch convolutions pad both sides equally, so
-timm pads a copy of the whole activation first (``F.pad``), then convolves. On EfficientNet-Lite0 at batch 4
-that made a forward pass 15% slower (7.0 against 6.0 ms an image, the two copies interleaved).
+timm pads a copy of the whole activation first (``F.pad``), then convolves. On EfficientNet-Lite0 at batch 4 a
+forward pass takes 14% less time without those copies (6.0 against 7.0 ms an image, the two ways interleaved).
 
 The same numbers come without the copy: pad ``left + 1`` on both sides and prepend one zero tap to the kernel
 along that axis. Output ``i`` of the original reads ``x[s*i + j - left]`` with tap ``w[j]``; the widened kernel
 reads ``x[s*i + j' - left - 1]`` with ``w'[j'] = w[j' - 1]`` and ``w'[0] = 0``, the same products plus one
-product with an exact zero, and the output sizes agree. (The extra product ``0 * x`` matters only where ``x``
-is infinite or NaN; such a value already makes the original's outputs around it non-finite.)
+product with an exact zero, and the output sizes agree. (The extra product ``0 * x`` differs from zero only
+where ``x`` is infinite or NaN: there the copy's output is NaN where the original's may be finite.)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import replace_submodule
 from .packed_conv import PackedWeights, convolve
 
 
@@ -37,8 +38,9 @@ class SamePaddedConv(nn.Conv2d):
     """A ``Conv2dSame`` that pads inside the convolution; same parameters under the same names."""
 
     def __init__(self, conv: nn.Conv2d):
+        # Made on the meta device: a real one would draw initial weights from the user's random generator.
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
-                         conv.groups, conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+                         conv.groups, conv.bias is not None, device="meta", dtype=conv.weight.dtype)
         self.weight, self.bias = conv.weight, conv.bias
         # Widened kernels are cached: the folded copy's weights are private and never change (any change to
         # the user's model builds a new copy).
@@ -49,7 +51,9 @@ class SamePaddedConv(nn.Conv2d):
         if extra == (0, 0):
             return self.weight
         if extra not in self._widened:
-            self._widened[extra] = F.pad(self.weight.detach(), (extra[1], 0, extra[0], 0))
+            # An ordinary tensor even when first needed under inference mode: gradient passes use it too.
+            with torch.inference_mode(False):
+                self._widened[extra] = F.pad(self.weight.detach(), (extra[1], 0, extra[0], 0))
         return self._widened[extra]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +75,5 @@ def unpad_same_convs(root: nn.Module) -> list[str]:
     """Replace every timm ``Conv2dSame`` under ``root`` by a ``SamePaddedConv``; returns their names."""
     swapped = [name for name, module in root.named_modules() if name and _is_timm_same_conv(module)]
     for name in swapped:
-        parent_name, _, child = name.rpartition(".")
-        parent = root.get_submodule(parent_name) if parent_name else root
-        setattr(parent, child, SamePaddedConv(getattr(parent, child)))
+        replace_submodule(root, name, SamePaddedConv(root.get_submodule(name)))
     return swapped
