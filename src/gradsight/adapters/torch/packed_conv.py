@@ -7,8 +7,9 @@ On CPU, ``F.conv2d`` reorders each weight into oneDNN's blocked layout on every 
 is a copy of every weight of the network (ResNet50: 100 MB). Without gradients (``predict``: occlusion, the
 deletion and insertion curves, Score-CAM) the folded copy instead runs the convolution on a weight reordered
 once, with the same oneDNN kernel (the op PyTorch's own inductor uses for frozen CPU graphs): equal to float
-rounding, 4-7% sooner: ResNet50 at batch 8 30.0 -> 28.6 ms an image, EfficientNet-Lite0 at batch 4 5.7 -> 5.3 ms
-(medians of interleaved passes). With gradients on, or where the op is missing or refuses, the plain ``F.conv2d`` runs.
+rounding, 4-7% sooner (ResNet50 at batch 8: 30.0 -> 28.6 ms an image; EfficientNet-Lite0 at batch 4: 5.7 -> 5.3
+ms; medians of interleaved passes). With gradients on, for input that is not float32 channels-last on the CPU,
+or where the op is missing or refuses, the plain ``F.conv2d`` runs.
 """
 
 from __future__ import annotations
