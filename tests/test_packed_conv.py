@@ -157,3 +157,15 @@ def test_input_not_in_channels_last_layout_runs_plain_and_keeps_its_layout():
         out = conv(x)
     assert out.is_contiguous() and not len(conv._packed)
     np.testing.assert_allclose(out, _reference(conv, x).detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_the_fold_check_runs_the_packed_path_even_for_a_channels_first_probe(monkeypatch, embedded):
+    real = torch.ops.mkldnn._convolution_pointwise
+
+    def off_by_one(*args):
+        return real(*args) + 1.0  # a packed path that is wrong
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", off_by_one)
+    probe = torch.zeros(1, 3, 224, 224)  # channels first, as unit gradients hand it over
+    with pytest.warns(RuntimeWarning, match="changed its outputs"):
+        assert fold_batchnorm(embedded.module.eval(), probe) is None

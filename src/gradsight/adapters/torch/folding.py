@@ -296,11 +296,11 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
         p.requires_grad_(False)
     if not isinstance(reference, torch.Tensor):
         return None
-    # Both paths of the copy are checked: without gradients its convolutions run on packed weights, with
-    # gradients on the plain ones (packed_conv).
+    # Both paths of the copy are checked: without gradients its convolutions run on packed weights (for
+    # channels-last input, as predict gives it), with gradients on the plain ones (packed_conv).
     try:
         with torch.no_grad():
-            forward_only = clone(probe.clone())
+            forward_only = clone(probe.clone(memory_format=torch.channels_last) if probe.ndim == 4 else probe.clone())
         with torch.enable_grad():
             with_grad = clone(probe.clone().requires_grad_(True)).detach()
     except Exception:  # a copy that does not run simply leaves the plain path
