@@ -93,7 +93,8 @@ def test_embedded_models_folded_copy_packs_and_predicts_the_same_logits(embedded
     x = torch.randn(3, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     folded = fold_batchnorm(model, x[:1])
     packed = [m for m in folded.modules() if isinstance(m, PackedConv)]
-    assert len(packed) == 44  # every convolution but the five TensorFlow-'SAME' ones (they pack on their own)
+    # Every convolution: 44 plain ones, and the five TensorFlow-'SAME' ones (which pack per widening)
+    assert len(packed) == 49 and sum(type(m) is PackedConv for m in packed) == 44
     with torch.inference_mode():
         fast = folded(x)
     assert all(len(m._packed) for m in packed)

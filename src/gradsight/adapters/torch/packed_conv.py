@@ -81,7 +81,7 @@ def convolve(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, padding: 
     in ``packed`` under ``key`` and the input's shape (plain convolutions once the op has refused)."""
     if not packed.refused and _packable_input(x, weight):
         stride, dilation = list(module.stride), list(module.dilation)
-        # The layout oneDNN picks depends on the input's shape (packed for batch 1, ResNet50 ran 15% slower at
+        # The layout oneDNN picks depends on the input's shape (packed for batch 1, ResNet50 ran 16% slower at
         # batch 8 than unpacked), so each shape gets its own.
         try:
             reordered = packed.get((key, tuple(x.shape)), lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
@@ -95,12 +95,13 @@ def convolve(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, padding: 
 
 class PackedConv(nn.Conv2d):
     """An ``nn.Conv2d`` (zero padding given as numbers) that packs its weight for passes without gradients;
-    same parameters under the same names."""
+    same parameters under the same names. ``padding`` overrides the one of ``conv`` (same_padding passes 0)."""
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, padding=None):
         # Made on the meta device: a real one would draw initial weights from the user's random generator.
-        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                         conv.dilation, conv.groups, conv.bias is not None, device="meta", dtype=conv.weight.dtype)
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                         conv.padding if padding is None else padding, conv.dilation, conv.groups,
+                         conv.bias is not None, device="meta", dtype=conv.weight.dtype)
         self.weight, self.bias = conv.weight, conv.bias
         # The folded copy's weights are private and never change (a change to the user's model builds a new
         # copy), so one packed weight serves every later pass.

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import replace_submodule
-from .packed_conv import PackedWeights, convolve
+from .packed_conv import PackedConv, convolve
 
 
 def _is_timm_same_conv(module: nn.Module) -> bool:
@@ -34,18 +34,15 @@ def _is_timm_same_conv(module: nn.Module) -> bool:
             and "forward" not in module.__dict__ and isinstance(module, nn.Conv2d))
 
 
-class SamePaddedConv(nn.Conv2d):
-    """A ``Conv2dSame`` that pads inside the convolution; same parameters under the same names."""
+class SamePaddedConv(PackedConv):
+    """A ``Conv2dSame`` that pads inside the convolution (and packs its weights as ``PackedConv``, per
+    widening); same parameters under the same names."""
 
     def __init__(self, conv: nn.Conv2d):
-        # Made on the meta device: a real one would draw initial weights from the user's random generator.
-        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
-                         conv.groups, conv.bias is not None, device="meta", dtype=conv.weight.dtype)
-        self.weight, self.bias = conv.weight, conv.bias
+        super().__init__(conv, padding=0)  # the padding is worked out per input size
         # Widened kernels are cached: the folded copy's weights are private and never change (any change to
         # the user's model builds a new copy).
         self._widened: dict[tuple[int, int], torch.Tensor] = {}
-        self._packed = PackedWeights()  # packed_conv.convolve's reordered weights, per widening
 
     def _kernel(self, extra: tuple[int, int]) -> torch.Tensor:
         if extra == (0, 0):
