@@ -70,14 +70,16 @@ def add_rows(total: np.ndarray, rows: np.ndarray, values: np.ndarray, weights: n
     """total[rows[k]] += weights[k] * values[k] for every k, summed in float64.
 
     One vectorised sum per distinct row: np.add.at does the same about 50 times slower (0.2 s for 32 maps
-    of 224 x 224 x 3, a sixth of a SmoothGrad batch on the embedded model).
+    of 224 x 224 x 3, a sixth of a SmoothGrad batch on the embedded model). The weighted sum is an einsum, not
+    np.tensordot: numpy's BLAS threads keep spinning after a call, and on 2 cores the gradient pass that came
+    next ran a quarter slower (EfficientNet-Lite0: 26 against 21 ms a path point of Integrated Gradients).
     """
     for i in np.unique(rows):
         pick = np.flatnonzero(rows == i)
         if weights is None:
             total[i] += values[pick].sum(axis=0, dtype=np.float64)
         else:
-            total[i] += np.tensordot(np.asarray(weights, np.float64)[pick], values[pick], axes=1)
+            total[i] += np.einsum("k,k...->...", np.asarray(weights, np.float64)[pick], values[pick])
 
 
 def select_scores(logits: np.ndarray, targets: np.ndarray, score: str) -> np.ndarray:

@@ -43,7 +43,7 @@ def score_cam(job: AttributionJob, *, layer: str | None = None, internal_batch_s
             chunk = masks[start:start + internal_batch_size, :, :, None]
             logits = job.adapter.predict(job.model, job.inputs[i][None] * chunk, internal_batch_size, fast=job.fast)
             weights[start:start + len(chunk)] = select_scores(logits, np.full(len(chunk), targets[i]), "prob")
-        combined = np.tensordot(weights, a.astype(np.float64), axes=1)
+        combined = np.einsum("k,k...->...", weights, a.astype(np.float64))  # no BLAS: see job.add_rows
         layer_maps.append(np.maximum(combined, 0))
         maps.append(np.maximum(upsample(combined[None], size)[0], 0))
     return MethodMaps(maps=np.stack(maps).astype(np.float32), layer_maps=np.stack(layer_maps).astype(np.float32),

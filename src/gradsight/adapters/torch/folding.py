@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from .inplace_clamp import swap_inplace_clamps
 from .layers import replace_submodule
 from .packed_conv import pack_convolutions
 from .same_padding import unpad_same_convs
@@ -247,8 +248,9 @@ class _DropAct(nn.Module):
 
 def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     """A copy of ``model`` (eval mode) with each Conv2d->BatchNorm2d pair folded, or None if none applies;
-    timm's 'SAME'-padded convolutions in it pad inside the convolution (``same_padding``), and its
-    convolutions reorder their weights once for passes without gradients (``packed_conv``).
+    timm's 'SAME'-padded convolutions in it pad inside the convolution (``same_padding``), its
+    convolutions reorder their weights once for passes without gradients (``packed_conv``), and its in-place
+    ReLU6s clamp without copying their input first (``inplace_clamp``).
 
     Pairs are found by running ``probe`` and seeing which BatchNorm receives a convolution's output tensor
     itself. The copy's logits on ``probe`` must match the model's; otherwise None (the plain path is used).
@@ -292,6 +294,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
         replace_submodule(clone, bn_name, _bn_replacement(bn))
     unpad_same_convs(clone)
     pack_convolutions(clone)
+    swap_inplace_clamps(clone)
     for p in clone.parameters():
         p.requires_grad_(False)
     if not isinstance(reference, torch.Tensor):
@@ -308,7 +311,8 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     tolerance = 1e-3 * float(reference.abs().max()) + 1e-5
     for folded in (forward_only, with_grad):
         if folded.shape != reference.shape or float((folded - reference).abs().max()) > tolerance:
-            warnings.warn("gradsight: the fast copy of this model (BatchNorm folded, convolutions padded and packed) "
+            warnings.warn("gradsight: the fast copy of this model (BatchNorm folded, convolutions padded and packed, "
+                          "ReLU6 in place) "
                           "changed its outputs; using the plain path (pass fast=False to skip the check).",
                           RuntimeWarning, stacklevel=4)
             return None

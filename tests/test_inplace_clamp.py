@@ -1,0 +1,118 @@
+"""The folded copy's in-place ReLU6 / Hardtanh clamp without copying their input under autograd. The oracle is
+torch's own module on the same input: the same output, the same input tensor edited in place, and bit-identical
+gradients, including at the bounds, outside them and at NaN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from gradsight.adapters.torch.folding import fold_batchnorm
+from gradsight.adapters.torch.inplace_clamp import InplaceClamp, swap_inplace_clamps
+
+
+def _inputs() -> torch.Tensor:
+    """Values below, at, between and above the bounds of ReLU6 and Hardtanh(-1, 2), a NaN, and random ones."""
+    torch.manual_seed(0)
+    edges = torch.tensor([-7.0, -1.0, -0.5, 0.0, 1e-7, 1.0, 2.0, 3.0, 5.999, 6.0, 6.001, 9.0, float("nan")])
+    x = torch.randn(2, 3, 8, 8) * 4 + 2
+    x.view(-1)[: len(edges)] = edges
+    return x
+
+
+def _grad_through(act: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(output, d sum(out * w) / d x, whether the activation's input tensor is its output): input not a leaf."""
+    leaf = x.clone().requires_grad_(True)
+    inner = leaf * 1.0
+    out = act(inner)
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+    (grad,) = torch.autograd.grad((torch.nan_to_num(out) * weights).sum(), leaf)
+    return out.detach(), grad, out is inner
+
+
+@pytest.mark.parametrize("original", [nn.ReLU6(inplace=True), nn.Hardtanh(-1.0, 2.0, inplace=True)])
+def test_gradients_and_outputs_are_bit_identical_to_torchs_module(original):
+    ours = InplaceClamp(original)
+    x = _inputs()
+    want_out, want_grad, want_inplace = _grad_through(original, x)
+    got_out, got_grad, got_inplace = _grad_through(ours, x)
+    assert torch.equal(torch.nan_to_num(got_out, nan=-123.0), torch.nan_to_num(want_out, nan=-123.0))
+    assert torch.equal(got_grad, want_grad)
+    assert got_inplace and want_inplace  # in place, as the module it replaces
+    # The derivative itself: 1 strictly inside the bounds, 0 at and outside them (x = 0 and x = 6 included).
+    lo, hi = original.min_val, original.max_val
+    inside = (x > lo) & (x < hi)
+    weights = torch.linspace(-1, 1, x.numel()).view_as(x)
+    np.testing.assert_array_equal(got_grad[~torch.isnan(x)], torch.where(inside, weights, 0.0)[~torch.isnan(x)])
+
+
+def test_no_copy_of_the_input_is_made_under_autograd():
+    x = torch.randn(4, 8, 16, 16)
+
+    def ops(act):
+        leaf = x.clone().requires_grad_(True)
+        inner = leaf * 2.0
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            act(inner).sum().backward()
+        return {event.key for event in prof.key_averages()}
+
+    assert "aten::clone" in ops(nn.ReLU6(inplace=True))  # what the swap is for
+    assert "aten::clone" not in ops(InplaceClamp(nn.ReLU6(inplace=True)))
+
+
+def test_without_gradients_views_and_leaves_it_behaves_as_torchs_module():
+    ours, theirs = InplaceClamp(nn.ReLU6(inplace=True)), nn.ReLU6(inplace=True)
+    x = _inputs()
+    with torch.no_grad():
+        a, b = x.clone(), x.clone()
+        assert ours(a) is a and theirs(b) is b
+        assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+    # A view of a tensor that needs gradients: torch's own path (autograd rebases the view's history).
+    base = x.clone().requires_grad_(True)
+    (got,) = torch.autograd.grad(ours(base * 1.0)[:, :2].nan_to_num().sum(), base)
+    (want,) = torch.autograd.grad(theirs(base * 1.0)[:, :2].nan_to_num().sum(), base)
+    assert torch.equal(got, want)
+    base_view = base * 1.0
+    (got,) = torch.autograd.grad(ours(base_view[:, 1:]).nan_to_num().sum(), base)
+    base_view = base * 1.0
+    (want,) = torch.autograd.grad(theirs(base_view[:, 1:]).nan_to_num().sum(), base)
+    assert torch.equal(got, want)
+    # A leaf that needs gradients cannot be edited in place: the same refusal as torch's module.
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        theirs(x.clone().requires_grad_(True))
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        ours(x.clone().requires_grad_(True))
+
+
+def test_only_plain_in_place_modules_without_hooks_are_swapped():
+    class Clipped(nn.ReLU6):  # a subclass may compute something else
+        pass
+
+    hooked = nn.ReLU6(inplace=True)
+    hooked.register_forward_hook(lambda *args: None)
+    net = nn.Sequential(nn.ReLU6(inplace=True), nn.ReLU6(), Clipped(inplace=True), hooked,
+                        nn.Hardtanh(-2, 2, inplace=True), nn.ReLU(inplace=True))
+    assert swap_inplace_clamps(net) == ["0", "4"]
+    assert (net[0].min_val, net[0].max_val, net[4].min_val, net[4].max_val) == (0.0, 6.0, -2.0, 2.0)
+
+
+def test_embedded_models_folded_copy_swaps_its_relu6s_and_keeps_the_input_gradient(embedded):
+    model = embedded.module.eval()
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    folded = fold_batchnorm(model, x[:1])
+    relu6s = sum(type(m) is nn.ReLU6 for m in model.modules())
+    assert relu6s == 33 and sum(isinstance(m, InplaceClamp) for m in folded.modules()) == relu6s
+
+    def input_gradient(net):
+        leaf = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(net(leaf)[:, 20].sum(), leaf)
+        return grad
+
+    want = input_gradient(model)
+    got = input_gradient(folded)
+    # Not bit-identical: BatchNorm is folded into the convolutions (float64, then rounded once).
+    assert float((got - want).norm() / want.norm()) < 2e-3
