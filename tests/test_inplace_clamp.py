@@ -1,8 +1,12 @@
-"""The folded copy's in-place ReLU6 / Hardtanh clamp without copying their input under autograd. The oracle is
-torch's own module on the same input: the same output, the same input tensor edited in place, and bit-identical
-gradients, including at the bounds, outside them and at NaN."""
+"""The folded copy's in-place ReLU6 / Hardtanh clamp without copying their input under autograd, and inside the
+convolution before them without gradients. The oracle is torch's own module on the same input: the same output,
+the same input tensor edited in place, and bit-identical gradients, including at the bounds, outside them and at
+NaN; for the fused clamp, F.conv2d then F.hardtanh."""
 
 from __future__ import annotations
+
+import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from gradsight.adapters.torch.folding import fold_batchnorm
 from gradsight.adapters.torch.inplace_clamp import InplaceClamp, swap_inplace_clamps
+from gradsight.adapters.torch.packed_conv import PackedConv
 
 
 def _inputs() -> torch.Tensor:
@@ -116,3 +121,112 @@ def test_embedded_models_folded_copy_swaps_its_relu6s_and_keeps_the_input_gradie
     got = input_gradient(folded)
     # Not bit-identical: BatchNorm is folded into the convolutions (float64, then rounded once).
     assert float((got - want).norm() / want.norm()) < 2e-3
+
+
+# --- the clamp inside the packed convolution (no gradients) ------------------------------------------------
+
+class _Chain(nn.Module):
+    """What timm's BatchNormAct2d leaves once folded: an identity ``drop``, then the activation."""
+
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.drop, self.act = nn.Identity(), act
+
+    def forward(self, x):
+        return self.act(self.drop(x))
+
+
+def _fused_pair(bounds=(0.0, 6.0)):
+    torch.manual_seed(5)
+    conv = nn.Conv2d(4, 8, 3, padding=1).requires_grad_(False)
+    with torch.no_grad():
+        conv.weight.mul_(8.0)  # outputs well below and above both bounds
+    packed = PackedConv(conv)
+    chain = _Chain(InplaceClamp(nn.Hardtanh(*bounds, inplace=True)))
+    packed.fuse_clamp(chain, chain.act)
+    want = torch.nn.functional.hardtanh(
+        torch.nn.functional.conv2d(_conv_input(), conv.weight, conv.bias, padding=1), *bounds)
+    return packed, chain, want
+
+
+def _conv_input() -> torch.Tensor:
+    return torch.randn(3, 4, 10, 10, generator=torch.Generator().manual_seed(6)).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _count_clamps(monkeypatch) -> list:
+    calls = []
+    real = nn.Hardtanh.forward
+    monkeypatch.setattr(nn.Hardtanh, "forward", lambda self, x: calls.append(1) or real(self, x))
+    return calls
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 6.0), (-1.0, 2.0)])
+def test_clamp_inside_the_packed_convolution_equals_convolution_then_clamp(monkeypatch, bounds):
+    packed, chain, want = _fused_pair(bounds)
+    calls = _count_clamps(monkeypatch)
+    with torch.inference_mode():
+        got = chain(packed(_conv_input()))
+    assert float(want.min()) == bounds[0] and float(want.max()) == bounds[1]  # both bounds are reached
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert calls == []  # the activation left the convolution's tensor as it was
+    with torch.inference_mode():  # a tensor the convolution did not make is clamped as usual
+        other = torch.full((1, 8, 2, 2), 9.0)
+        assert float(chain(other).max()) == bounds[1] and calls == [1]
+
+
+def test_with_gradients_the_activation_clamps_itself():
+    packed, chain, want = _fused_pair()
+    x = _conv_input().requires_grad_(True)
+    got = chain(packed(x * 1.0))
+    np.testing.assert_allclose(got.detach(), want, rtol=1e-5, atol=1e-5)
+    assert type(got.grad_fn).__name__ == "_ClampInPlaceBackward"  # the clamp ran in the activation
+
+
+@pytest.mark.parametrize("where", ["conv output", "chain input", "drop", "act input", "global"])
+def test_a_hook_that_would_see_the_difference_turns_the_fusion_off(where, monkeypatch):
+    packed, chain, want = _fused_pair()
+    seen = []
+
+    def record(module, args, out=None):
+        seen.append((out if out is not None else args[0]).detach().clone())
+
+    if where == "conv output":
+        handle = packed.register_forward_hook(record)
+    elif where == "chain input":
+        handle = chain.register_forward_pre_hook(record)
+    elif where == "drop":
+        handle = chain.drop.register_forward_hook(record)
+    elif where == "act input":
+        handle = chain.act.register_forward_pre_hook(record)
+    else:
+        handle = nn.modules.module.register_module_forward_pre_hook(
+            lambda module, args: record(module, args) if module is chain.act else None)
+    try:
+        with torch.inference_mode():
+            got = chain(packed(_conv_input()))
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # What the hook saw is the convolution's own output, below 0 and above 6 in places: not clamped.
+    assert float(seen[0].min()) < 0 and float(seen[0].max()) > 6
+
+
+def test_a_copy_of_a_fused_chain_keeps_its_fusion_and_forgets_the_last_tensor():
+    packed, chain, want = _fused_pair()
+    holder = nn.Sequential(packed, chain)
+    with torch.inference_mode():
+        holder(_conv_input())
+        packed(_conv_input())  # made but never handed on: the activation still remembers it
+    assert chain.act._clamped is not None
+    twin = copy.deepcopy(holder)
+    assert "_clamped" not in twin[1].act.__dict__ and twin[0]._then[1] is twin[1].act
+    with torch.inference_mode():
+        np.testing.assert_allclose(twin(_conv_input()), want, rtol=1e-5, atol=1e-5)
+    pickle.dumps(holder)
+
+
+def test_embedded_models_folded_copy_fuses_every_relu6_into_its_convolution(embedded):
+    folded = fold_batchnorm(embedded.module.eval(), torch.zeros(1, 3, 224, 224))
+    fused = [m for m in folded.modules() if isinstance(m, PackedConv) and m._then is not None]
+    assert len(fused) == 33 and {type(m._then[1]) for m in fused} == {InplaceClamp}

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .inplace_clamp import swap_inplace_clamps
+from .inplace_clamp import InplaceClamp, swap_inplace_clamps
 from .layers import replace_submodule
-from .packed_conv import pack_convolutions
+from .packed_conv import PackedConv, pack_convolutions
 from .same_padding import unpad_same_convs
 
 # ---------------------------------------------------------------------------------------------------------
@@ -250,7 +250,8 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     """A copy of ``model`` (eval mode) with each Conv2d->BatchNorm2d pair folded, or None if none applies;
     timm's 'SAME'-padded convolutions in it pad inside the convolution (``same_padding``), its
     convolutions reorder their weights once for passes without gradients (``packed_conv``), and its in-place
-    ReLU6s clamp without copying their input first (``inplace_clamp``).
+    ReLU6s clamp without copying their input first (``inplace_clamp``), inside the convolution before them
+    when there are no gradients.
 
     Pairs are found by running ``probe`` and seeing which BatchNorm receives a convolution's output tensor
     itself. The copy's logits on ``probe`` must match the model's; otherwise None (the plain path is used).
@@ -295,8 +296,14 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     unpad_same_convs(clone)
     pack_convolutions(clone)
     swap_inplace_clamps(clone)
+    for conv_name, bn_name in pairs:
+        conv, chain = clone.get_submodule(conv_name), clone.get_submodule(bn_name)
+        if (isinstance(conv, PackedConv) and isinstance(chain, _DropAct) and type(chain.drop) is nn.Identity
+                and isinstance(chain.act, InplaceClamp)):
+            conv.fuse_clamp(chain, chain.act)
     for p in clone.parameters():
         p.requires_grad_(False)
+    clone.gradsight_softmaxes = tuple(m for m in clone.modules() if isinstance(m, nn.Softmax))  # gradients.py
     if not isinstance(reference, torch.Tensor):
         return None
     # Both paths of the copy are checked: without gradients its convolutions run on packed weights (for

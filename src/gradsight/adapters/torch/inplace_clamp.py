@@ -17,6 +17,8 @@ module runs exactly as ``nn.Hardtanh`` does.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -41,12 +43,31 @@ class _ClampInPlace(torch.autograd.Function):
 
 
 class InplaceClamp(nn.Hardtanh):
-    """An in-place ``nn.Hardtanh`` (``nn.ReLU6``) whose backward pass reads its output; same bounds, same name."""
+    """An in-place ``nn.Hardtanh`` (``nn.ReLU6``) whose backward pass reads its output; same bounds, same name.
+
+    ``skip_once(t)``: the convolution that made ``t`` clamped it already (``packed_conv``), so ``t`` itself
+    passes unchanged. Only that very tensor object: with threads sharing the copy, another tensor is clamped as
+    usual (clamping twice gives the same numbers).
+    """
+
+    _clamped: weakref.ref | None = None
 
     def __init__(self, original: nn.Hardtanh):
         super().__init__(original.min_val, original.max_val, inplace=True)
 
+    def skip_once(self, clamped: torch.Tensor) -> None:
+        self._clamped = weakref.ref(clamped)
+
+    def __getstate__(self):  # copies and pickles: a weak reference is neither copied nor pickled
+        state = self.__dict__.copy()
+        state.pop("_clamped", None)
+        return state
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        clamped = self._clamped
+        if clamped is not None and clamped() is x:
+            self._clamped = None
+            return x
         if torch.is_grad_enabled() and x.requires_grad and x._base is None and not x.is_leaf:
             return _ClampInPlace.apply(x, float(self.min_val), float(self.max_val))
         return super().forward(x)
