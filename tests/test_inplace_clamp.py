@@ -15,7 +15,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from gradsight.adapters.torch.folding import fold_batchnorm
-from gradsight.adapters.torch.inplace_clamp import InplaceClamp, swap_inplace_clamps
+from gradsight.adapters.torch.inplace_clamp import InplaceClamp, restore_clamps, swap_inplace_clamps
 from gradsight.adapters.torch.packed_conv import PackedConv
 
 
@@ -34,7 +34,7 @@ def _grad_through(act: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     inner = leaf * 1.0
     out = act(inner)
     weights = torch.linspace(-1, 1, out.numel()).view_as(out)
-    (grad,) = torch.autograd.grad((torch.nan_to_num(out) * weights).sum(), leaf)
+    (grad,) = torch.autograd.grad(out, leaf, grad_outputs=weights)  # the NaN's gradient is compared too
     return out.detach(), grad, out is inner
 
 
@@ -49,9 +49,9 @@ def test_gradients_and_outputs_are_bit_identical_to_torchs_module(original):
     assert got_inplace and want_inplace  # in place, as the module it replaces
     # The derivative itself: 1 strictly inside the bounds, 0 at and outside them (x = 0 and x = 6 included).
     lo, hi = original.min_val, original.max_val
-    inside = (x > lo) & (x < hi)
+    passes = (x > lo) & (x < hi)  # a NaN is neither: its gradient is 0 (torch's kernel, and ours)
     weights = torch.linspace(-1, 1, x.numel()).view_as(x)
-    np.testing.assert_array_equal(got_grad[~torch.isnan(x)], torch.where(inside, weights, 0.0)[~torch.isnan(x)])
+    np.testing.assert_array_equal(got_grad, torch.where(passes, weights, 0.0))
 
 
 def test_no_copy_of_the_input_is_made_under_autograd():
@@ -77,9 +77,6 @@ def test_without_gradients_views_and_leaves_it_behaves_as_torchs_module():
         assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
     # A view of a tensor that needs gradients: torch's own path (autograd rebases the view's history).
     base = x.clone().requires_grad_(True)
-    (got,) = torch.autograd.grad(ours(base * 1.0)[:, :2].nan_to_num().sum(), base)
-    (want,) = torch.autograd.grad(theirs(base * 1.0)[:, :2].nan_to_num().sum(), base)
-    assert torch.equal(got, want)
     base_view = base * 1.0
     (got,) = torch.autograd.grad(ours(base_view[:, 1:]).nan_to_num().sum(), base)
     base_view = base * 1.0
@@ -92,16 +89,68 @@ def test_without_gradients_views_and_leaves_it_behaves_as_torchs_module():
         ours(x.clone().requires_grad_(True))
 
 
-def test_only_plain_in_place_modules_without_hooks_are_swapped():
+def test_only_plain_in_place_modules_without_hooks_and_with_exact_bounds_are_swapped():
     class Clipped(nn.ReLU6):  # a subclass may compute something else
         pass
 
     hooked = nn.ReLU6(inplace=True)
     hooked.register_forward_hook(lambda *args: None)
+    # -0.1 and 0.1 round in float16: the backward would compare a rounded output with the exact bound
     net = nn.Sequential(nn.ReLU6(inplace=True), nn.ReLU6(), Clipped(inplace=True), hooked,
-                        nn.Hardtanh(-2, 2, inplace=True), nn.ReLU(inplace=True))
+                        nn.Hardtanh(-2, 2, inplace=True), nn.ReLU(inplace=True), nn.Hardtanh(-0.1, 0.1, inplace=True))
     assert swap_inplace_clamps(net) == ["0", "4"]
     assert (net[0].min_val, net[0].max_val, net[4].min_val, net[4].max_val) == (0.0, 6.0, -2.0, 2.0)
+    assert restore_clamps(net) == ["0", "4"]
+    assert type(net[0]) is nn.ReLU6 and type(net[4]) is nn.Hardtanh and (net[4].min_val, net[4].max_val) == (-2, 2)
+    assert net[0].inplace and net[4].inplace
+
+
+def test_half_precision_gradients_are_torchs_for_the_bounds_that_are_swapped():
+    for bounds in ((0.0, 6.0), (-1.0, 2.0)):
+        x = (_inputs() * 1.7).to(torch.bfloat16)
+        original = nn.Hardtanh(*bounds, inplace=True)
+        assert torch.equal(_grad_through(InplaceClamp(original), x)[1], _grad_through(original, x)[1])
+
+
+class _EditsAfterTheClamp(nn.Module):
+    """conv -> BatchNorm -> in-place ReLU6, whose output is then scaled in place (torch keeps a copy of the
+    clamp's input for the backward pass; the swapped clamp keeps its output, which this edits)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv, self.bn, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(inplace=True)
+        self.head = nn.Linear(8, 4)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.2, 0.2)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        y = self.act(self.bn(self.conv(x)))
+        y.mul_(2.0)
+        return self.head(y.mean((2, 3)))
+
+
+def test_an_in_place_edit_after_the_clamp_gets_torchs_modules_back_in_the_folded_copy():
+    model = _EditsAfterTheClamp().eval()
+    x = torch.randn(2, 3, 12, 12)
+    folded = fold_batchnorm(model, x[:1])
+    assert folded is not None and type(folded.act) is nn.ReLU6 and folded.act.inplace
+    assert not any(isinstance(m, InplaceClamp) for m in folded.modules())
+
+    def input_gradient(net):
+        leaf = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(net(leaf)[:, 1].sum(), leaf)
+        return grad
+
+    np.testing.assert_allclose(input_gradient(folded), input_gradient(model), rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_with_a_nan_statistic_gets_no_folded_copy():
+    model = _EditsAfterTheClamp().eval()
+    with torch.no_grad():
+        model.bn.running_var[3] = float("nan")
+    assert fold_batchnorm(model, torch.randn(1, 3, 12, 12)) is None
 
 
 def test_embedded_models_folded_copy_swaps_its_relu6s_and_keeps_the_input_gradient(embedded):
@@ -173,6 +222,32 @@ def test_clamp_inside_the_packed_convolution_equals_convolution_then_clamp(monke
     with torch.inference_mode():  # a tensor the convolution did not make is clamped as usual
         other = torch.full((1, 8, 2, 2), 9.0)
         assert float(chain(other).max()) == bounds[1] and calls == [1]
+
+
+def test_a_tensor_edited_after_the_convolution_is_clamped_again(monkeypatch):
+    packed, chain, want = _fused_pair()
+    calls = _count_clamps(monkeypatch)
+    with torch.no_grad():  # (inference tensors keep no version to compare)
+        out = packed(_conv_input())
+        out.add_(100.0)  # what the convolution clamped is not what reaches the activation
+        got = chain(out)
+    assert calls == [1] and float(got.max()) == 6.0
+
+
+def test_a_build_whose_op_refuses_the_clamp_still_packs(monkeypatch):
+    packed, chain, want = _fused_pair()
+    real = torch.ops.mkldnn._convolution_pointwise
+
+    def no_clamp(*args):
+        if args[7] != "none":
+            raise RuntimeError("post-op not supported")
+        return real(*args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", no_clamp)
+    with torch.inference_mode():
+        got = chain(packed(_conv_input()))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert packed._then is None and not packed._packed.refused and len(packed._packed)
 
 
 def test_with_gradients_the_activation_clamps_itself():

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .inplace_clamp import InplaceClamp, swap_inplace_clamps
+from .inplace_clamp import InplaceClamp, restore_clamps, swap_inplace_clamps
 from .layers import replace_submodule
 from .packed_conv import PackedConv, pack_convolutions
 from .same_padding import unpad_same_convs
@@ -296,34 +296,63 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     unpad_same_convs(clone)
     pack_convolutions(clone)
     swap_inplace_clamps(clone)
+    _fuse_clamps(clone, pairs)
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    clone.gradsight_softmaxes = tuple(m for m in clone.modules() if isinstance(m, nn.Softmax))  # gradients.py
+    if not isinstance(reference, torch.Tensor) or not bool(torch.isfinite(reference).all()):
+        return None
+    if not all(bool(torch.isfinite(t).all()) for t in (*clone.parameters(), *clone.buffers()) if t.is_floating_point()):
+        return None  # a fused clamp would turn a NaN into a number (packed_conv); the plain path reports it
+    outputs = _both_paths(clone, probe)
+    if outputs is None and restore_clamps(clone):  # an in-place edit after a swapped clamp: torch's modules back
+        _fuse_clamps(clone, [])
+        outputs = _both_paths(clone, probe)
+    if outputs is None:  # a copy that does not run simply leaves the plain path
+        return None
+    tolerance = 1e-3 * float(reference.abs().max()) + 1e-5
+    for folded in outputs:
+        # "not <=": a NaN in the copy's outputs is a difference too
+        if folded.shape != reference.shape or not bool(((folded - reference).abs() <= tolerance).all()):
+            warnings.warn("gradsight: the fast copy of this model (BatchNorm folded, convolutions padded and packed, "
+                          "ReLU6 in place) changed its outputs; using the plain path (pass fast=False to skip the "
+                          "check).", RuntimeWarning, stacklevel=4)
+            return None
+    return clone
+
+
+def _fuse_clamps(clone: nn.Module, pairs: list[tuple[str, str]]) -> None:
+    """Each folded pair whose BatchNormAct2d ends in a swapped ReLU6 clamps inside the convolution; the others
+    (every one, for ``pairs=[]``) do not."""
+    fused = {}
     for conv_name, bn_name in pairs:
         conv, chain = clone.get_submodule(conv_name), clone.get_submodule(bn_name)
         if (isinstance(conv, PackedConv) and isinstance(chain, _DropAct) and type(chain.drop) is nn.Identity
                 and isinstance(chain.act, InplaceClamp)):
-            conv.fuse_clamp(chain, chain.act)
-    for p in clone.parameters():
-        p.requires_grad_(False)
-    clone.gradsight_softmaxes = tuple(m for m in clone.modules() if isinstance(m, nn.Softmax))  # gradients.py
-    if not isinstance(reference, torch.Tensor):
-        return None
-    # Both paths of the copy are checked: without gradients its convolutions run on packed weights (for
-    # channels-last input, as predict gives it), with gradients on the plain ones (packed_conv).
+            fused[conv_name] = chain
+    for name, module in clone.named_modules():
+        if isinstance(module, PackedConv):
+            chain = fused.get(name)
+            module.fuse_clamp(chain, None if chain is None else chain.act)
+
+
+def _both_paths(clone: nn.Module, probe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The copy's outputs on ``probe`` without gradients (packed convolutions for channels-last input, as predict
+    gives it) and with them (plain ones, and a backward pass: an in-place edit of a tensor the copy keeps for it
+    fails there, not in a user's call); None where either fails."""
     try:
         with torch.no_grad():
             forward_only = clone(probe.clone(memory_format=torch.channels_last) if probe.ndim == 4 else probe.clone())
         with torch.enable_grad():
-            with_grad = clone(probe.clone().requires_grad_(True)).detach()
-    except Exception:  # a copy that does not run simply leaves the plain path
+            leaf = probe.clone().requires_grad_(True)
+            with_grad = clone(leaf)
+            if isinstance(with_grad, torch.Tensor) and with_grad.requires_grad:
+                torch.autograd.grad(with_grad.sum(), leaf, allow_unused=True)
+    except Exception:
         return None
-    tolerance = 1e-3 * float(reference.abs().max()) + 1e-5
-    for folded in (forward_only, with_grad):
-        if folded.shape != reference.shape or float((folded - reference).abs().max()) > tolerance:
-            warnings.warn("gradsight: the fast copy of this model (BatchNorm folded, convolutions padded and packed, "
-                          "ReLU6 in place) "
-                          "changed its outputs; using the plain path (pass fast=False to skip the check).",
-                          RuntimeWarning, stacklevel=4)
-            return None
-    return clone
+    if not isinstance(forward_only, torch.Tensor) or not isinstance(with_grad, torch.Tensor):
+        return None
+    return forward_only, with_grad.detach()
 
 
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:

@@ -11,9 +11,11 @@ rounding, 4-7% sooner (ResNet50 at batch 8: 30.0 -> 28.6 ms an image; EfficientN
 ms; medians of interleaved passes). With gradients on, for input that is not float32 channels-last on the CPU,
 or where the op is missing or refuses, the plain ``F.conv2d`` runs.
 
-A convolution followed by a folded BatchNormAct2d whose activation is an in-place ReLU6 (EfficientNet-Lite0: all
-33) also clamps inside the packed convolution, and the activation then passes that tensor on as it is: one pass
-over each activation less, EfficientNet-Lite0 at batch 4 5.8 -> 5.3 ms an image (interleaved medians).
+A convolution followed by one of timm's BatchNormAct2d (folded) whose activation is an in-place ReLU6
+(EfficientNet-Lite0: all 33; torchvision's Conv-BN-ReLU6 sequences are not fused) also clamps inside the packed
+convolution, and the activation then passes that tensor on as it is: one pass over each activation less,
+EfficientNet-Lite0 at batch 4 5.8 -> 5.3 ms an image (interleaved medians). oneDNN's clamp turns a NaN into the
+lower bound where torch's keeps it; the fold makes no copy of a model with a non-finite weight or statistic.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ def _op_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
 
-def _packable_input(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+def _packable_input(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                              or (bias is not None and bias.requires_grad))
     # Channels-last input only: the op's output is channels-last whatever the input, and F.conv2d's follows the
     # input's layout, which a model's own .view() after a convolution may rely on.
     return (not needs_grad and torch.backends.mkldnn.enabled and x.ndim == 4 and x.device.type == "cpu"
@@ -82,8 +85,9 @@ class PackedWeights:
 def convolve(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int],
              packed: PackedWeights, key) -> torch.Tensor:
     """``F.conv2d(x, weight, module.bias, ..., padding)``; without gradients on a weight reordered once and kept
-    in ``packed`` under ``key`` and the input's shape (plain convolutions once the op has refused)."""
-    if not packed.refused and _packable_input(x, weight):
+    in ``packed`` under ``key`` and the input's shape (plain convolutions once the op has refused), and then
+    clamped too where ``module.fused_clamp()`` names the activation that follows."""
+    if not packed.refused and _packable_input(x, weight, module.bias):
         stride, dilation = list(module.stride), list(module.dilation)
         # The layout oneDNN picks depends on the input's shape (packed for batch 1, ResNet50 ran 16% slower at
         # batch 8 than unpacked), so each shape gets its own.
@@ -94,8 +98,11 @@ def convolve(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, padding: 
             attr, scalars = ("hardtanh", [then.min_val, then.max_val]) if then is not None else ("none", [])
             out = torch.ops.mkldnn._convolution_pointwise(x, reordered, module.bias, list(padding), stride,
                                                           dilation, module.groups, attr, scalars, "")
-        except (RuntimeError, NotImplementedError, AttributeError):  # this build's op refuses: plain from now on
-            packed.refuse()
+        except (RuntimeError, NotImplementedError, AttributeError):  # this build's op refuses
+            if then is not None:  # perhaps only the clamp: without it from now on
+                module.fuse_clamp(None, None)
+                return convolve(module, x, weight, padding, packed, key)
+            packed.refuse()  # plain from now on
         else:
             if then is not None:
                 then.skip_once(out)
@@ -121,11 +128,11 @@ class PackedConv(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return convolve(self, x, self.weight, self.padding, self._packed, "weight")
 
-    def fuse_clamp(self, chain: nn.Module, clamp: nn.Module) -> None:
+    def fuse_clamp(self, chain: nn.Module | None, clamp: nn.Module | None) -> None:
         """Clamp inside the packed convolution (oneDNN's post-op) when this convolution's output goes straight
         into ``chain`` (what timm's BatchNormAct2d leaves once folded: an identity ``drop``, then ``clamp``, an
-        ``InplaceClamp``), which then leaves that one tensor as it is (``skip_once``)."""
-        self._then = (chain, clamp)
+        ``InplaceClamp``), which then leaves that one tensor as it is (``skip_once``). None: no longer."""
+        self._then = None if chain is None else (chain, clamp)
 
     def fused_clamp(self) -> nn.Module | None:
         """The clamp to fuse in this pass, or None where a hook could see the difference: one reading this
