@@ -306,7 +306,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
         return None  # a fused clamp would turn a NaN into a number (packed_conv); the plain path reports it
     outputs = _both_paths(clone, probe)
     if outputs is None and restore_clamps(clone):  # an in-place edit after a swapped clamp: torch's modules back
-        _fuse_clamps(clone, [])
+        _fuse_clamps(clone, pairs)  # (none is fused now: no chain ends in a swapped clamp)
         outputs = _both_paths(clone, probe)
     if outputs is None:  # a copy that does not run simply leaves the plain path
         return None
@@ -322,8 +322,8 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
 
 
 def _fuse_clamps(clone: nn.Module, pairs: list[tuple[str, str]]) -> None:
-    """Each folded pair whose BatchNormAct2d ends in a swapped ReLU6 clamps inside the convolution; the others
-    (every one, for ``pairs=[]``) do not."""
+    """Each folded pair whose BatchNormAct2d ends in a swapped ReLU6 clamps inside the convolution; every other
+    packed convolution does not."""
     fused = {}
     for conv_name, bn_name in pairs:
         conv, chain = clone.get_submodule(conv_name), clone.get_submodule(bn_name)

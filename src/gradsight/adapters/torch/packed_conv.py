@@ -82,7 +82,7 @@ class PackedWeights:
             self.refused = True
 
 
-def convolve(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int],
+def convolve(module: PackedConv, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int],
              packed: PackedWeights, key) -> torch.Tensor:
     """``F.conv2d(x, weight, module.bias, ..., padding)``; without gradients on a weight reordered once and kept
     in ``packed`` under ``key`` and the input's shape (plain convolutions once the op has refused), and then
@@ -91,7 +91,7 @@ def convolve(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, padding: 
         stride, dilation = list(module.stride), list(module.dilation)
         # The layout oneDNN picks depends on the input's shape (packed for batch 1, ResNet50 ran 16% slower at
         # batch 8 than unpacked), so each shape gets its own.
-        then = module.fused_clamp() if isinstance(module, PackedConv) else None
+        then = module.fused_clamp()
         try:
             reordered = packed.get((key, tuple(x.shape)), lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
                 weight.detach().to_mkldnn(), list(padding), stride, dilation, module.groups, list(x.shape)))
