@@ -9,7 +9,8 @@ deletion and insertion curves, Score-CAM) the folded copy instead runs the convo
 once, with the same oneDNN kernel (the op PyTorch's own inductor uses for frozen CPU graphs): equal to float
 rounding, 4-7% sooner (ResNet50 at batch 8: 30.0 -> 28.6 ms an image; EfficientNet-Lite0 at batch 4: 5.7 -> 5.3
 ms; medians of interleaved passes). With gradients on, for input that is not float32 channels-last on the CPU,
-or where the op is missing or refuses, the plain ``F.conv2d`` runs.
+or where the op is missing or refuses, the plain ``F.conv2d`` runs (with the input gradient of
+``phase_grad`` where that applies: a strided convolution of few input channels).
 
 A convolution followed by one of timm's BatchNormAct2d (folded) whose activation is an in-place ReLU6
 (EfficientNet-Lite0: all 33; torchvision's Conv-BN-ReLU6 sequences are not fused) also clamps inside the packed
@@ -27,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import replace_submodule
+from .phase_grad import applies as phase_grad_applies
+from .phase_grad import conv_with_phase_grad
 
 KEEP_SHAPES = 2  # a call's full batches and its last, partial one; each costs a copy of the weights
 
@@ -107,6 +110,8 @@ def convolve(module: PackedConv, x: torch.Tensor, weight: torch.Tensor, padding:
             if then is not None:
                 then.skip_once(out)
             return out
+    if phase_grad_applies(module, x, weight, module.bias):
+        return conv_with_phase_grad(module, x, weight, padding, key)
     return F.conv2d(x, weight, module.bias, module.stride, padding, module.dilation, module.groups)
 
 
@@ -124,6 +129,7 @@ class PackedConv(nn.Conv2d):
         # copy), so one packed weight serves every later pass.
         self._packed = PackedWeights()
         self._then: tuple[nn.Module, nn.Module] | None = None  # a tuple: not registered as submodules
+        self._phase_kernels: dict = {}  # phase_grad's kernels: the input gradient of a first convolution
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return convolve(self, x, self.weight, self.padding, self._packed, "weight")
