@@ -131,3 +131,25 @@ def test_the_folded_copy_uses_the_split_and_gives_the_models_gradient():
     assert len(clone.conv1._phase_kernels) == 1 and not clone.conv2._phase_kernels
     # the copy keeps its spatial kernels in the activations' channels-last order
     assert clone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 2), (4, 2), (5, 2), (3, 3)])
+def test_a_same_padded_first_convolution_gives_timms_gradient_for_every_size_parity(kernel, stride):
+    # timm's 'SAME' convolution (the embedded model's stem) reaches the split with a widened kernel and its
+    # own padding per input size (same_padding), each kept under its own key
+    from timm.layers import Conv2dSame
+
+    from gradsight.adapters.torch.same_padding import SamePaddedConv
+
+    torch.manual_seed(kernel)
+    reference = Conv2dSame(3, 8, kernel, stride).double().requires_grad_(False)
+    ours = SamePaddedConv(reference)
+    for rows, cols in itertools.product((11, 12, 16), (9, 14)):
+        x = torch.randn(2, 3, rows, cols, dtype=torch.float64, requires_grad=True)
+        assert phase_grad.applies(ours, x, ours.weight, ours.bias)
+        out = reference(x)
+        weights = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape)
+        (want,) = torch.autograd.grad((out * weights).sum(), x)
+        (got,) = torch.autograd.grad((ours(x) * weights).sum(), x)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"{rows}x{cols}")
+    assert len(ours._phase_kernels) >= 2  # odd and even sizes widen differently

@@ -22,6 +22,7 @@ from .inplace_clamp import InplaceClamp, restore_clamps, swap_inplace_clamps
 from .layers import replace_submodule
 from .packed_conv import PackedConv, pack_convolutions
 from .same_padding import unpad_same_convs
+from .two_streams import stateless
 
 # ---------------------------------------------------------------------------------------------------------
 # Fast path: a private copy with BatchNorm folded into the preceding convolution and no parameter gradients.
@@ -301,6 +302,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     for p in clone.parameters():
         p.requires_grad_(False)
     clone.gradsight_softmaxes = tuple(m for m in clone.modules() if isinstance(m, nn.Softmax))  # gradients.py
+    clone.gradsight_stateless = stateless(clone)  # gradients.predict: two streams may share it
     if not isinstance(reference, torch.Tensor) or not bool(torch.isfinite(reference).all()):
         return None
     if not all(bool(torch.isfinite(t).all()) for t in (*clone.parameters(), *clone.buffers()) if t.is_floating_point()):

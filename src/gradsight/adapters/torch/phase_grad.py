@@ -13,6 +13,8 @@ phase ``r`` that is a correlation of ``g`` with the taps ``w[s*t + r + p]``, ``t
 output channels, and ``pixel_shuffle(s)`` interleaves them back into place. Exact in exact arithmetic (float64:
 within 2e-14 of ``convolution_backward`` over kernel sizes 1-7, strides 2-4, paddings 0-3, odd and even
 sizes); float32 differs by rounding. ResNet50's stem at batch 8: 38.9 -> 18.1 ms for its input gradient.
+The gradient is differentiable once: ``create_graph=True`` through it raises (nothing in gradsight asks for a
+second derivative), and ``torch.func`` transforms take the plain convolution.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def applies(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torc
     return (torch.is_grad_enabled() and x.requires_grad and not weight.requires_grad
             and (bias is None or not bias.requires_grad) and x.ndim == 4 and x.shape[1] <= NARROW
             and module.groups == 1 and module.dilation == (1, 1) and module.stride[0] == module.stride[1] > 1
-            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dtype == weight.dtype)
+            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dtype == weight.dtype
+            and not torch._C._functorch.is_functorch_wrapped_tensor(x))  # torch.func: no setup_context here
 
 
 def _taps(size: int, stride: int, pad: int) -> tuple[int, int]:

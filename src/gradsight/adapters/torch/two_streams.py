@@ -7,44 +7,91 @@ Example:
 One forward pass of a convolutional network on two cores leaves them idle part of the time: every layer ends
 in a barrier and many layers (depthwise convolutions, small feature maps, elementwise steps) do not split
 evenly. Two batches at once, one thread each, keep both busy: EfficientNet-Lite0 at batch 4 8.0 -> 6.4 ms an
-image, ResNet50 at batch 4 41.9 -> 35.2 and at batch 8 38.2 -> 35.0 ms (interleaved medians, 2 cores).
+image, ResNet50 at batch 4 41.9 -> 35.2 and at batch 8 38.2 -> 35.0 ms (interleaved medians, 2 cores). The
+price is memory: two batches' activations at once.
 
-``torch.set_num_threads`` in a worker also sets what threads started later get, so the caller's count is put
-back when the streams end, also when one fails.
+Each stream sets only its own thread's OpenMP thread count. ``torch.set_num_threads`` would also set what
+every thread that starts using torch meanwhile keeps for good (the explorer's request threads, say), so it is
+not used; where torch's OpenMP library cannot be found, or thread-local state would not reach the streams
+(autocast, torch function or dispatch modes), the items run one after another in the caller's thread.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
+from torch import nn
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 STREAMS = 2
+# Modules whose forward keeps no state between calls; a user's own class might (self.features = ...), and two
+# streams running it at once would read each other's.
+STATELESS_PACKAGES = ("torch.nn.", "torchvision.", "timm.", "gradsight.")
+
+
+def stateless(root: nn.Module) -> bool:
+    """Whether every module under ``root`` is one of torch's, torchvision's, timm's or gradsight's own, with no
+    ``forward`` set on the instance: what may run in two streams at once."""
+    return all(type(m).__module__.startswith(STATELESS_PACKAGES) and "forward" not in m.__dict__
+               for m in root.modules())
+
+
+@functools.lru_cache(maxsize=1)
+def _openmp():
+    """The OpenMP runtime torch runs on (its ``omp_set_num_threads`` sets the calling thread's count only), or
+    None where there is none to be found."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if len(line.split()) >= 6}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        if any(name in path.rsplit("/", 1)[-1] for name in ("libgomp", "libiomp5", "libomp")):
+            try:
+                library = ctypes.CDLL(path)
+                library.omp_set_num_threads.argtypes = [ctypes.c_int]
+                return library
+            except (OSError, AttributeError):
+                continue
+    return None
+
+
+def _thread_local_state_on() -> bool:
+    modes = (getattr(torch._C, "_len_torch_function_stack", lambda: 0)()
+             + getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)())
+    return bool(modes) or torch.is_autocast_enabled("cpu")
 
 
 def in_two_streams(work: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
-    """``[work(item) for item in items]``, the items taken in turn by two threads that each run torch with
-    half of the caller's threads; plainly in this thread where there are fewer than two items or threads.
+    """``[work(item) for item in items]``, the items taken in turn by two threads that each run torch on half
+    of the caller's threads; in this thread, one after another, where there are fewer than two items or
+    threads, no OpenMP runtime to set, or thread-local state that the streams would not see.
 
-    ``work`` runs in another thread: thread-local state (grad mode, inference mode) must be set inside it. The
-    first exception stops both streams and is raised here.
+    ``work`` runs in another thread: grad and inference mode must be set inside it. A failure stops both
+    streams; the one of the earliest item is raised here.
     """
     threads = torch.get_num_threads()
-    if len(items) < 2 or threads < STREAMS:
+    openmp = _openmp() if len(items) >= 2 and threads >= STREAMS else None
+    if openmp is None or _thread_local_state_on():
         return [work(item) for item in items]
     results: list = [None] * len(items)
-    failures: list[BaseException] = []
+    failures: dict[int, BaseException] = {}
     taken = iter(range(len(items)))
     lock = threading.Lock()
     stop = threading.Event()  # a failure, or the caller interrupted: no stream starts another item
 
     def stream():
-        torch.set_num_threads(threads // STREAMS)
+        torch.get_num_threads()  # torch's own set-up of this thread first: it would undo the next line
+        openmp.omp_set_num_threads(threads // STREAMS)
         while True:
             with lock:
                 index = None if stop.is_set() else next(taken, None)
@@ -53,7 +100,7 @@ def in_two_streams(work: Callable[[Item], Result], items: Sequence[Item]) -> lis
             try:
                 results[index] = work(items[index])
             except BaseException as error:  # handed to the caller's thread
-                failures.append(error)
+                failures[index] = error
                 stop.set()
                 return
 
@@ -68,7 +115,6 @@ def in_two_streams(work: Callable[[Item], Result], items: Sequence[Item]) -> lis
         for worker in workers:
             if worker.ident is not None:  # started
                 worker.join()
-        torch.set_num_threads(threads)
     if failures:
-        raise failures[0]
+        raise failures[min(failures)]
     return results
