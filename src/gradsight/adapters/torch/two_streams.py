@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -46,7 +47,8 @@ def stateless(root: nn.Module) -> bool:
 @functools.lru_cache(maxsize=1)
 def _openmp():
     """The OpenMP runtime torch runs on (its ``omp_set_num_threads`` sets the calling thread's count only), or
-    None where there is none to be found."""
+    None where there is none to be found. Other packages load their own copies (scikit-learn's libgomp), so
+    each candidate, torch's own folder first, is tried in a throwaway thread and kept only if torch sees it."""
     if "OpenMP" not in torch.__config__.parallel_info():
         return None
     try:
@@ -54,15 +56,30 @@ def _openmp():
             paths = {line.split()[-1] for line in maps if len(line.split()) >= 6}
     except OSError:
         return None
-    for path in sorted(paths):
-        if any(name in path.rsplit("/", 1)[-1] for name in ("libgomp", "libiomp5", "libomp")):
+    names = ("libgomp", "libiomp5", "libomp")
+    own = os.path.dirname(torch.__file__)
+    candidates = sorted((p for p in paths if p.rsplit("/", 1)[-1].startswith(names)),
+                        key=lambda p: (not p.startswith(own), p))
+    found = []
+
+    def probe():
+        before = torch.get_num_threads()  # torch's own set-up of this thread first
+        wanted = 2 if before == 1 else 1
+        for path in candidates:
             try:
                 library = ctypes.CDLL(path)
                 library.omp_set_num_threads.argtypes = [ctypes.c_int]
-                return library
             except (OSError, AttributeError):
                 continue
-    return None
+            library.omp_set_num_threads(wanted)
+            if torch.get_num_threads() == wanted:
+                found.append(library)
+                return
+
+    prober = threading.Thread(target=probe, name="gradsight-openmp-probe", daemon=True)
+    prober.start()
+    prober.join()
+    return found[0] if found else None
 
 
 def _thread_local_state_on() -> bool:
