@@ -245,38 +245,33 @@ def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 64, fast: bo
             watch = memo is None or memo.get("watch_softmax", True)
             starts = list(range(0, len(inputs), batch_size))
             batch = lambda start: as_nchw(inputs[start:start + batch_size], model)  # noqa: E731
-            # The folded copy is private; its passes may run as two streams where all its modules are known
-            # to keep no state between calls (two_streams).
+
+            def logits(start, scores, stepped, watched):
+                if not (watched or stepped) and _probability_rows(scores):
+                    scores, stepped = model_scores(runner, batch(start), watch=True)
+                rows = min(batch_size, len(inputs) - start)
+                return _checked_logits(class_logits(scores, stepped), rows).float().cpu().numpy()
+
+            def unwatched(start):
+                with torch.inference_mode():  # thread-local: set again in a stream's thread
+                    return model_scores(runner, batch(start), watch=False)
+
+            # The folded copy is private; its unwatched passes may run as two streams where all its modules are
+            # known to keep no state between calls (two_streams).
             streams = runner is not model and getattr(runner, "gradsight_stateless", False) and \
                 _device_dtype(model)[0].type == "cpu"
             for i, start in enumerate(starts):
                 if streams and not watch and len(starts) - i >= 2:
-                    out += _logits_in_streams(runner, batch, starts[i:], lambda s: min(batch_size, len(inputs) - s))
+                    rest = starts[i:]
+                    passes = in_two_streams(unwatched, rest)
+                    out += [logits(s, scores, stepped, watched=False) for s, (scores, stepped) in zip(rest, passes)]
                     break
-                x = batch(start)
-                scores, stepped = model_scores(runner, x, watch=watch)
-                if not (watch or stepped) and _probability_rows(scores):
-                    scores, stepped = model_scores(runner, x, watch=True)
+                scores, stepped = model_scores(runner, batch(start), watch=watch)
                 if watch and memo is not None:
                     memo["watch_softmax"] = stepped
+                out.append(logits(start, scores, stepped, watched=watch))
                 watch = watch and stepped
-                out.append(_checked_logits(class_logits(scores, stepped), len(x)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def _logits_in_streams(runner: nn.Module, batch, starts: list[int], rows) -> list[np.ndarray]:
-    """``predict``'s unwatched passes of the folded copy as two streams (``two_streams``); a batch whose rows
-    look like probabilities runs again here, watched."""
-    def unwatched(start):
-        with torch.inference_mode():  # thread-local: set in the stream's thread
-            return model_scores(runner, batch(start), watch=False)
-
-    out = []
-    for start, (scores, stepped) in zip(starts, in_two_streams(unwatched, starts)):
-        if not stepped and _probability_rows(scores):
-            scores, stepped = model_scores(runner, batch(start), watch=True)
-        out.append(_checked_logits(class_logits(scores, stepped), rows(start)).float().cpu().numpy())
-    return out
 
 
 def _probability_rows(out) -> bool:
