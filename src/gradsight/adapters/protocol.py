@@ -45,9 +45,13 @@ class ModelAdapter(Protocol):
     #: "torch" or "keras": recorded in results, and the key of a method's ``frameworks``.
     name: str
 
-    def predict(self, model: Any, inputs: np.ndarray, batch_size: int = 64, fast: bool = False) -> np.ndarray:
+    def predict(self, model: Any, inputs: np.ndarray, batch_size: int = 64, fast: bool = False,
+                near: np.ndarray | None = None) -> np.ndarray:
         """Class scores (N, K), forward only, ``batch_size`` inputs at a time (occlusion, deletion curves).
-        ``fast``: PyTorch runs its BatchNorm-folded copy under inference mode, Keras a compiled tf.function."""
+        ``fast``: PyTorch runs its BatchNorm-folded copy under inference mode, Keras a compiled tf.function.
+        ``near``: one image (H, W, C) from which every input differs only inside a small rectangle (occlusion's
+        windows); PyTorch's fast path then computes only what the rectangles reach (``incremental``), equal
+        to rounding; Keras takes it as a hint and ignores it."""
         ...
 
     def unchanged_during(self, model: Any) -> AbstractContextManager:

@@ -32,8 +32,10 @@ class KerasAdapter:
 
     name = "keras"
 
-    def predict(self, model: keras.Model, inputs: np.ndarray, batch_size: int = 64, fast: bool = False) -> np.ndarray:
-        """``fast``: a ``tf.function`` compiled once per model (``fast=False`` runs eagerly)."""
+    def predict(self, model: keras.Model, inputs: np.ndarray, batch_size: int = 64, fast: bool = False,
+                near: np.ndarray | None = None) -> np.ndarray:
+        """``fast``: a ``tf.function`` compiled once per model (``fast=False`` runs eagerly); ``near`` is a hint
+        Keras does not use (every pass is a whole one)."""
         return gradients.predict(model, inputs, batch_size, fast)
 
     def unchanged_during(self, model: keras.Model):

@@ -24,9 +24,11 @@ class TorchAdapter:
 
     name = "torch"
 
-    def predict(self, model: nn.Module, inputs: np.ndarray, batch_size: int = 64, fast: bool = False) -> np.ndarray:
-        """``fast``: the cached BatchNorm-folded copy, under ``torch.inference_mode``."""
-        return gradients.predict(model, inputs, batch_size, fast)
+    def predict(self, model: nn.Module, inputs: np.ndarray, batch_size: int = 64, fast: bool = False,
+                near: np.ndarray | None = None) -> np.ndarray:
+        """``fast``: the cached BatchNorm-folded copy, under ``torch.inference_mode``; ``near``: passes that
+        recompute only the changed rectangles (``incremental``)."""
+        return gradients.predict(model, inputs, batch_size, fast, near)
 
     def unchanged_during(self, model: nn.Module):
         """The folded copy's exact check of ``model`` (every weight) runs once in the block."""

@@ -34,6 +34,7 @@ from ..common import (
     rows_are_probabilities,
 )
 from .folding import block_answers, folded_copy
+from .incremental import near_runner
 from .layers import eval_mode, resolve_module
 from .two_streams import in_two_streams
 
@@ -219,7 +220,8 @@ def as_nchw(inputs: np.ndarray, model: nn.Module) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 64, fast: bool = False) -> np.ndarray:
+def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 64, fast: bool = False,
+            near: np.ndarray | None = None) -> np.ndarray:
     """Pre-softmax class scores (N, K) of ``inputs``, forward only, ``batch_size`` images at a time.
 
     Example:
@@ -230,6 +232,10 @@ def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 64, fast: bo
     Its logits equal the model's to float32 rounding (EfficientNet-Lite0: within 1e-5). Models without
     BatchNorm or with hooks run as they are. ``fast=False`` runs the model itself. On the CPU the copy's batches
     after the watched ones run as two streams on half of torch's threads each (``two_streams``).
+
+    ``near`` (H, W, C): an image from which each input differs only inside a small rectangle (occlusion); the
+    folded copy then computes only what the rectangles reach (``incremental.near_runner``, equal to rounding)
+    where its graph allows, and runs whole passes otherwise.
     """
     out = []
     with eval_mode(model):
@@ -237,11 +243,13 @@ def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 64, fast: bo
         # is made of ordinary tensors.
         runner = (folded_copy(model, as_nchw(inputs[:1], model)) if fast and len(inputs) else None) or model
         with torch.inference_mode() if fast else torch.no_grad():
+            memo = block_answers(model)
+            if near is not None and runner is not model and getattr(runner, "gradsight_stateless", False):
+                runner = near_runner(runner, as_nchw(near[None], model), memo) or runner
             # Watching every torch call for a functional softmax adds ~60% to a pass on EfficientNet-Lite0, so
             # only the first batch is watched (the first of an unchanged_during block, which remembers what it
             # found); the rest are too only if it found one, or if their output rows look like probabilities
             # (then the batch is run again, watched).
-            memo = block_answers(model)
             watch = memo is None or memo.get("watch_softmax", True)
             starts = list(range(0, len(inputs), batch_size))
             batch = lambda start: as_nchw(inputs[start:start + batch_size], model)  # noqa: E731

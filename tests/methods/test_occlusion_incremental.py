@@ -1,0 +1,235 @@
+"""Passes that recompute only what a changed rectangle of the input reaches (``incremental``, occlusion's
+windows). The oracle is the model itself run on the whole batch: every layer kind the rectangles pass through
+(convolutions with padding, stride, dilation and groups, timm's SAME padding, max pooling with ceil_mode,
+average pooling, BatchNorm, in-place activations, sums of rectangles of different sizes, concatenation) must
+give the model's own numbers for windows at corners, borders and the centre, on odd and even sizes. ``run`` is
+called directly, so a wrong rectangle cannot hide behind the runner's self-check, which has a test of its own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from method_models import conditioned_resnet18, normal_inputs
+from timm.layers import Conv2dSame
+from torch import nn
+
+from gradsight.adapters.torch import gradients, incremental
+from gradsight.adapters.torch.folding import block_answers, folded_copy, unchanged_during
+from gradsight.adapters.torch.incremental import NearRunner, changed_rectangles, near_runner
+from gradsight.adapters.torch.same_padding import SamePaddedConv
+from gradsight.images import load_image
+
+
+class EveryKind(nn.Module):
+    """One of each layer kind a rectangle passes through; its output is the last map itself, flattened (a
+    whole-map step), so that every position of it is compared, not an average that would hide a wrong one."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 5, stride=2, padding=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+        self.dilated = nn.Conv2d(8, 8, 3, padding=2, dilation=2)
+        self.pointwise = nn.Conv2d(8, 8, 1)
+        self.depthwise = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)
+        self.avg = nn.AvgPool2d(3, stride=1, padding=1)
+        self.same = SamePaddedConv(Conv2dSame(16, 8, 3, stride=2))
+        self.grow = nn.Conv2d(8, 8, 3, padding=1)
+        self.clamp = nn.ReLU6(inplace=True)
+
+    def forward(self, x):
+        x = self.pool(self.act(self.bn(self.stem(x))))
+        y = torch.cat([self.dilated(x), F.relu(self.pointwise(x))], dim=1)
+        y = y + torch.sigmoid(y) * 0.5
+        z = self.same(self.avg(self.depthwise(y)))
+        z = self.clamp(self.grow(z) + z)  # a sum of a grown rectangle and a smaller one
+        return (z * 2.0 - 1).flatten(1)
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = EveryKind()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _occluded(reference: torch.Tensor, boxes) -> torch.Tensor:
+    batch = reference.repeat(len(boxes), 1, 1, 1)
+    for k, (r, c, h, w) in enumerate(boxes):
+        batch[k, :, r:r + h, c:c + w] = 0.0
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+def _boxes(rows: int, cols: int, h: int, w: int):
+    """Windows at the four corners, mid-borders and the centre."""
+    return [(r, c, h, w) for r in (0, (rows - h) // 2, rows - h) for c in (0, (cols - w) // 2, cols - w)]
+
+
+@pytest.mark.parametrize("size,window", [((64, 64), (8, 8)), ((37, 50), (5, 3)), ((41, 41), (1, 1)),
+                                         ((48, 40), (12, 12))])
+def test_the_changed_rectangles_alone_give_the_models_own_scores(size, window):
+    model = _model()
+    torch.manual_seed(1)
+    reference = torch.randn(1, 3, *size).contiguous(memory_format=torch.channels_last)
+    batch = _occluded(reference, _boxes(*size, *window))
+    with torch.no_grad():
+        runner = NearRunner(model, incremental.traced_graph(model), reference)
+        assert runner.refused is None
+        changed = changed_rectangles(batch, reference)
+        assert changed.crop.shape[-2:] == window and [changed.top[0], changed.left[0]] == [0, 0]
+        ours, plain, before = runner.run(changed), model(batch), model(reference)
+    change = float((plain - before).abs().max())
+    assert change > 1e-4  # the windows do change the outputs: a rectangle cut short would show
+    np.testing.assert_allclose(ours.numpy(), plain.numpy(), rtol=0, atol=1e-3 * change)
+
+
+def test_rectangles_shrink_through_strides_grow_through_kernels_and_stop_at_whole_maps():
+    model = _model()
+    reference = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    seen: dict[str, tuple] = {}
+    with torch.no_grad():
+        runner = NearRunner(model, incremental.traced_graph(model), reference)
+        real_finish = runner._finish
+
+        def finish(node, changed):
+            out = real_finish(node, changed)
+            seen[node.name] = tuple(out.crop.shape[-2:]) if isinstance(out, incremental.Changed) else "whole"
+            return out
+        runner._finish = finish
+        runner.run(changed_rectangles(_occluded(reference, [(30, 30, 4, 4)]), reference))
+    # Input rows 30..33 -> stem (k5 s2 p2) outputs o with 2o - 2 + [0, 5) meeting them: 14..17 (4 rows);
+    # max pool (k3 s2 p1) outputs 7..9 (3 rows); the dilated conv reaches 2 further each side: 5..11.
+    assert seen["stem"] == (4, 4) and seen["pool"] == (3, 3) and seen["dilated"] == (7, 7)
+    # The depthwise conv (k3 s2 p1) of 16 rows: outputs 2..6 of 8; the average pool 1..7; timm's SAME conv
+    # (k3 s2 on 8 rows: 1 zero after, none before) outputs 0..3: all 4 rows, whole maps from there on.
+    assert seen["depthwise"] == (5, 5) and seen["avg"] == (7, 7) and seen["same"] == "whole"
+    assert "grow" not in seen
+
+
+def test_the_self_check_refuses_a_runner_that_disagrees_and_the_scores_stay_right(monkeypatch):
+    model = _model()
+    reference = torch.randn(1, 3, 48, 48).contiguous(memory_format=torch.channels_last)
+    batch = _occluded(reference, _boxes(48, 48, 8, 8))
+    real = incremental._span
+    # One output too few on every side: rectangles miss part of what a window changes.
+    monkeypatch.setattr(incremental, "_span", lambda *a: (lambda f, n: ([x + 1 for x in f], max(1, n - 2)))(*real(*a)))
+    with torch.no_grad():
+        runner = NearRunner(model, incremental.traced_graph(model), reference)
+        assert float((runner.run(changed_rectangles(batch, reference)) - model(batch)).abs().max()) > 1e-3
+        out = runner(batch)
+        np.testing.assert_allclose(out.numpy(), model(batch).numpy(), rtol=0, atol=1e-6)
+    assert runner.refused and not runner.checked
+
+
+class EditsAReadTensor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        a = self.conv(x)
+        b = a.relu_()  # `a` is read again below: the kept reference values of `a` would be stale
+        return (a + b).mean(dim=(2, 3))
+
+
+class BranchesOnValues(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.conv(x).mean(dim=(2, 3))
+        return x.mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("model", [EditsAReadTensor(), BranchesOnValues()], ids=lambda m: type(m).__name__)
+def test_graphs_it_cannot_follow_exactly_are_refused(model):
+    assert incremental.traced_graph(model) is None
+    assert near_runner(model, torch.randn(1, 3, 16, 16)) is None
+
+
+def test_hooks_see_the_whole_maps_the_model_makes():
+    model = _model()
+    reference = torch.randn(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    batch = _occluded(reference, [(0, 0, 4, 4), (20, 24, 4, 4)])
+    shapes = []
+    with torch.no_grad():
+        runner = NearRunner(model, incremental.traced_graph(model), reference)
+        handle = model.dilated.register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
+        try:
+            ours = runner.run(changed_rectangles(batch, reference))
+        finally:
+            handle.remove()
+        np.testing.assert_allclose(ours.numpy(), model(batch).numpy(), rtol=0, atol=1e-5)
+    assert shapes == [(2, 8, 9, 9)]  # 32 rows -> stem 16 -> ceil_mode pool 9
+    handle = nn.modules.module.register_module_forward_hook(lambda m, a, out: None)
+    try:
+        assert near_runner(model, reference) is None  # a global hook: every pass is a whole one
+    finally:
+        handle.remove()
+
+
+def test_a_batch_that_changes_too_much_or_another_shape_runs_whole():
+    model = _model()
+    reference = torch.randn(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    wide = _occluded(reference, [(0, 0, 32, 20)])  # more than MAX_CHANGED of the area
+    assert changed_rectangles(wide, reference) is None
+    with torch.no_grad():
+        runner = NearRunner(model, incremental.traced_graph(model), reference)
+        for batch in (wide, torch.randn(2, 3, 40, 40)):
+            np.testing.assert_array_equal(runner(batch).numpy(), model(batch).numpy())
+
+
+def test_predict_keeps_one_runner_per_reference_and_equals_the_model(monkeypatch):
+    model = conditioned_resnet18()  # torchvision's: the folded copy is made of modules known to keep no state
+    photos = normal_inputs(2, 48, seed=3)
+    calls = []
+    real = NearRunner.run
+    monkeypatch.setattr(NearRunner, "run", lambda self, changed: calls.append(id(self)) or real(self, changed))
+    with unchanged_during(model):  # one gradsight call: a runner waits for the next call with its photo
+        for photo in (photos[0], photos[0], photos[1]):
+            batch = np.repeat(photo[None], 6, axis=0)
+            for k in range(6):
+                batch[k, 4 * k:4 * k + 8, 30 - 4 * k:38 - 4 * k] = 0.25
+            fast = gradients.predict(model, batch, 4, fast=True, near=photo)
+            plain = gradients.predict(model, batch, 4, fast=False)
+            np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
+            assert np.abs(plain - plain[:1]).max() > 1e-2 * np.abs(plain).max()
+    # Batches of 4 and 2 per call: one runner for the first photo's two calls, another for the second photo.
+    assert len(calls) == 6 and len({calls[0], calls[1], calls[2], calls[3]}) == 1 and calls[3] != calls[4]
+    # Outside a gradsight call nothing is kept: the reference's values of every layer are large.
+    gradients.predict(model, batch, 4, fast=True, near=photos[1])
+    copy = folded_copy(model, gradients.as_nchw(batch[:1], model))
+    assert not any(isinstance(v, NearRunner) for v in vars(copy).values())
+
+
+def test_a_users_own_module_class_gets_whole_passes(monkeypatch):
+    calls = []
+    monkeypatch.setattr(NearRunner, "run", lambda self, changed: calls.append(1))
+    model, photo = _model(), normal_inputs(1, 32)[0]  # EveryKind is not torch's, torchvision's or timm's
+    batch = np.repeat(photo[None], 2, axis=0)
+    batch[1, :4, :4] = 0.0
+    np.testing.assert_allclose(gradients.predict(model, batch, 2, fast=True, near=photo),
+                               gradients.predict(model, batch, 2, fast=False), rtol=0, atol=1e-4)
+    assert calls == []
+
+
+def test_the_embedded_models_occluded_scores_equal_its_whole_passes(embedded, ouzel_path):
+    model = embedded.module
+    photo = embedded.preprocess(load_image(ouzel_path))
+    batch = np.repeat(photo[None], 8, axis=0)
+    for k in range(8):
+        batch[k, 24 * k:24 * k + 32, 200 - 24 * k:232 - 24 * k] = 0.0
+    plain = gradients.predict(model, batch, 8, fast=False)
+    with unchanged_during(model):
+        fast = gradients.predict(model, batch, 8, fast=True, near=photo)
+        runner = block_answers(model)["near_runner"]
+    assert runner.checked and runner.refused is None
+    np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
+    assert np.abs(plain - plain[:1]).max() > 0.05  # the windows move the scores
