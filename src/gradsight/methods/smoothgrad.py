@@ -15,7 +15,9 @@ biased variance, dividing by n_samples, as Adebayo et al. and Captum). The wrapp
 method; ``base_options`` for its own options, where an (N, H, W, C) array such as a baseline gives one per
 image) works on batches of at most ``internal_batch_size`` noisy copies (passes of even sizes), so memory
 does not grow with ``n_samples``. (The option is not called ``method``: that keyword of ``attribute`` names
-SmoothGrad itself.)
+SmoothGrad itself.) The default 8 keeps ResNet50's largest activations (3.2 MB a copy) under glibc's 32 MiB
+limit for reusing freed memory; larger blocks are mapped afresh, page by page, in every pass: 50 samples on
+ResNet50 took 3.7 s with 44k page faults in chunks of 8, 4.0 s with 394k in chunks of 13.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def _described(options: dict) -> dict:
                            "VarGrad: Adebayo et al. 2018")
 def smoothgrad(job: AttributionJob, *, base_method: str = "gradient", n_samples: int = 50,
                noise_level: float = 0.15, stdev: float | None = None, variant: str = "mean", seed: int = 0,
-               internal_batch_size: int = 16, base_options: dict | None = None) -> MethodMaps:
+               internal_batch_size: int = 8, base_options: dict | None = None) -> MethodMaps:
     """Average of a pixel method's raw attribution over noisy copies; the map as the wrapped method shows it."""
     inner = get_method(base_method)
     if inner.kind != "pixel" or inner.name == "smoothgrad":
