@@ -5,9 +5,11 @@ Run:  .venv/bin/python bench/attribution.py [--repeats 3] [--parts time memory] 
 time: SmoothGrad (n=50) and Integrated Gradients (n=50) against Captum's NoiseTunnel(Saliency) and
 IntegratedGradients at the best of a few internal batch sizes (each tried once after warm-up, the fastest
 kept); Grad-CAM against pytorch-grad-cam's GradCAM; occlusion (32 px windows, stride 16) against Captum's
-Occlusion at its default perturbations_per_eval=1. Medians of --repeats interleaved calls; agreement next to
-each ratio: relative L2 of the raw attributions (SmoothGrad: on the same noise, handed to Captum), for
-Grad-CAM the largest difference of pytorch-grad-cam's [0, 1]-scaled output and ours scaled the same way.
+Occlusion at its default perturbations_per_eval=1, and against gradsight's own occlusion with every occluded
+copy run through the whole network (what the incremental runner saves). Medians of --repeats interleaved
+calls; agreement next to each ratio: relative L2 of the raw attributions (SmoothGrad: on the same noise,
+handed to Captum), for Grad-CAM the largest difference of pytorch-grad-cam's [0, 1]-scaled output and ours
+scaled the same way.
 
 memory: peak resident memory of one call, each configuration in a fresh subprocess: the process's peak is
 reset (/proc/self/clear_refs) after the model and inputs are ready, and the peak above the resident size at
@@ -36,6 +38,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from saliency import conditioned_resnet50, inputs_for
 
 import gradsight
+from gradsight.adapters.torch import incremental
 from gradsight.methods.attribute import attribute
 
 
@@ -209,6 +212,17 @@ def occlusion_case(model, x, targets, repeats, row) -> None:
     t_ours, t_ref = compare(ours, occlusion_reference, max(1, repeats // 2))
     row("occlusion 32/16", t_ours, t_ref, "Occlusion, perturbations_per_eval=1",
         f"rel L2 {rel_l2(ours().maps, occlusion_reference()[:, 0].numpy()):.1e}")
+
+    def whole_passes():  # each occluded copy run through the whole network (what the incremental runner saves)
+        incremental.MAX_CHANGED = 0.0
+        try:
+            return ours()
+        finally:
+            incremental.MAX_CHANGED = changed_share
+    changed_share = incremental.MAX_CHANGED
+    t_ours, t_whole = compare(ours, whole_passes, max(1, repeats // 2))
+    row("occlusion 32/16", t_ours, t_whole, "gradsight, whole passes (not incremental)",
+        f"rel L2 {rel_l2(ours().maps, whole_passes().maps):.1e}")
 
 
 def scaled_like_pytorch_grad_cam(layer_maps: np.ndarray, size) -> np.ndarray:

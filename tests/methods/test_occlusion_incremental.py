@@ -7,6 +7,8 @@ called directly, so a wrong rectangle cannot hide behind the runner's self-check
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -49,6 +51,31 @@ class EveryKind(nn.Module):
         return (z * 2.0 - 1).flatten(1)
 
 
+class Asymmetric(nn.Module):
+    """Kernels, strides, paddings and dilations that differ between rows and columns: a swapped axis shows."""
+
+    def __init__(self):
+        super().__init__()
+        self.wide = nn.Conv2d(3, 6, (3, 5), stride=(1, 2), padding=(1, 2))
+        self.pool = nn.MaxPool2d((3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2))
+        self.avg = nn.AvgPool2d(2, stride=2)
+        self.row = nn.Conv2d(6, 4, (1, 3), padding=(0, 1))
+
+    def forward(self, x):
+        return self.row(self.avg(self.pool(torch.relu(self.wide(x))))).flatten(1)
+
+
+class EditsThroughAView(nn.Module):
+    """An in-place step on a view of a map: the map's kept reference values must be the unedited ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.flatten(self.conv(x), 2).mul_(2.0).sum(2)
+
+
 def _model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = EveryKind()
@@ -70,18 +97,21 @@ def _boxes(rows: int, cols: int, h: int, w: int):
     return [(r, c, h, w) for r in (0, (rows - h) // 2, rows - h) for c in (0, (cols - w) // 2, cols - w)]
 
 
+@pytest.mark.parametrize("make", [_model, Asymmetric, EditsThroughAView], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("size,window", [((64, 64), (8, 8)), ((37, 50), (5, 3)), ((41, 41), (1, 1)),
                                          ((48, 40), (12, 12))])
-def test_the_changed_rectangles_alone_give_the_models_own_scores(size, window):
-    model = _model()
+def test_the_changed_rectangles_alone_give_the_models_own_scores(make, size, window):
+    torch.manual_seed(0)
+    model = make().eval()
     torch.manual_seed(1)
     reference = torch.randn(1, 3, *size).contiguous(memory_format=torch.channels_last)
-    batch = _occluded(reference, _boxes(*size, *window))
+    batch = _occluded(reference, _boxes(*size, *window) + [(0, 0, 0, 0)])  # the last image is unchanged
     with torch.no_grad():
         runner = NearRunner(model, incremental.traced_graph(model), reference)
         assert runner.refused is None
         changed = changed_rectangles(batch, reference)
         assert changed.crop.shape[-2:] == window and [changed.top[0], changed.left[0]] == [0, 0]
+        assert [changed.top[4], changed.left[4]] == [(size[0] - window[0]) // 2, (size[1] - window[1]) // 2]
         ours, plain, before = runner.run(changed), model(batch), model(reference)
     change = float((plain - before).abs().max())
     assert change > 1e-4  # the windows do change the outputs: a rectangle cut short would show
@@ -152,6 +182,17 @@ class BranchesOnValues(nn.Module):
 def test_graphs_it_cannot_follow_exactly_are_refused(model):
     assert incremental.traced_graph(model) is None
     assert near_runner(model, torch.randn(1, 3, 16, 16)) is None
+
+
+def test_no_trace_outside_the_main_thread():
+    # torch.fx patches nn.Module.__call__ for the whole process while it traces: a model another thread runs
+    # meanwhile would be traced too, so only the main thread traces (and later calls there still can).
+    model, seen = _model(), []
+    worker = threading.Thread(target=lambda: seen.append(incremental.traced_graph(model)))
+    worker.start()
+    worker.join()
+    assert seen == [None] and "_gradsight_fx" not in vars(model)
+    assert incremental.traced_graph(model) is not None
 
 
 def test_hooks_see_the_whole_maps_the_model_makes():

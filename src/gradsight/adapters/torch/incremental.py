@@ -11,24 +11,33 @@ and divided by the stride (the receptive-field algebra run forwards). The refere
 computed once; for each image of a batch only its rectangle of each layer is computed, from a patch of the
 reference's values with the image's own values pasted in, and once a rectangle covers a whole map the image's
 full map is made and the rest of the network runs as usual. Occlusion of ResNet50 with 32-pixel windows
-computes about half of the network's multiply-adds this way (its last two stages see whole maps). This is
-what Krypton (Nakandala et al. 2019, "Incremental and Approximate Inference for Faster Occlusion-based Deep CNN
-Explanations") does for occlusion; here it is exact: every value is the same sum of the same products, so the
-scores agree with a plain pass to float rounding (different patch sizes may sum in a different order).
+computes about half of the network's multiply-adds this way (its last two stages see whole maps): 18-19
+instead of ~30 ms an occluded image. This is what Krypton (Nakandala et al. 2019, "Incremental and Approximate
+Inference for Faster Occlusion-based Deep CNN Explanations") does for occlusion; here it is exact: every value
+is the same sum of the same products (bit-identical scores on ResNet50 and EfficientNet-Lite0 in measurements;
+a different patch size may sum in a different order, and a SAME convolution here skips the folded copy's
+extra products with an exact zero).
 
 The model is read as a torch.fx graph whose leaves are modules without children. A rectangle passes through
 convolutions (zero padding, timm's SAME), max and average pooling, BatchNorm in eval mode, elementwise
-activations, elementwise sums and products, and concatenation along channels; anything else gets the images'
-full maps. Refused (the runner is None, and plain passes run): a graph torch.fx cannot trace, hooks, and an
-in-place edit of a tensor that something else reads too (the reference's kept values would be stale). Its
-first batch checks itself: image 0 is also run plainly, and a difference beyond rounding refuses the runner for
-good.
+activations, elementwise sums and products, and concatenation along channels; anything else, and any module
+with a hook, gets the images' full maps. Refused (the runner is None, and plain passes run): a graph torch.fx
+cannot trace, one with several inputs or an ``out=`` argument, an in-place edit of a tensor (or of what it is a
+view of) that something else reads too, a global module hook, and any failure while building. Its first batch
+checks itself: image 0 is also run plainly, and a difference beyond rounding (or a failure) refuses the runner
+for good.
+
+torch.fx patches ``nn.Module.__call__`` for the whole process while it traces (once per folded copy, ~0.1 s):
+a model called meanwhile from another thread would be traced too. So the trace runs only in the main thread,
+one at a time, and not while gradsight's explorer serves (its requests run in other threads); elsewhere
+occlusion runs whole passes.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -55,11 +64,20 @@ _POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "
 _BINARY_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
                      operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div}
 _BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_"}
-_VIEW_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
-                 "expand", "narrow", "chunk", "split", "unbind", "__getitem__"}
+_VIEW_METHODS = {"view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "movedim",
+                 "transpose", "swapaxes", "t", "contiguous", "squeeze", "unsqueeze", "expand", "expand_as",
+                 "narrow", "select", "chunk", "split", "unbind", "__getitem__", "detach", "to", "float", "type",
+                 "type_as", "as_strided"}
 _VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
-                   torch.narrow, torch.chunk, torch.split, torch.unbind, operator.getitem}
-_IN_PLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+                   torch.narrow, torch.chunk, torch.split, torch.unbind, torch.movedim, torch.select, torch.detach,
+                   torch.as_strided, torch.swapaxes, torch.t, operator.getitem}
+_VIEW_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Unflatten)
+# Functions that edit their input when asked to: the position of their ``inplace`` argument.
+_INPLACE_AT = {F.relu: 1, F.relu6: 1, F.hardtanh: 3, F.leaky_relu: 2, F.elu: 2, F.celu: 2, F.selu: 1, F.silu: 1,
+               F.hardswish: 1, F.hardsigmoid: 1, F.mish: 1, F.threshold: 3, F.rrelu: 4, F.dropout: 3,
+               F.dropout2d: 3, F.alpha_dropout: 3}
+_IN_PLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+_TRACE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -135,8 +153,8 @@ def _pool_window(module: nn.Module):
 
 
 def _span(starts: list[int], length: int, kernel: int, stride: int, before: int, out: int) -> tuple[list[int], int]:
-    """Per image the first output of one common-length run of outputs whose windows cover every window that
-    meets input positions [start, start + length), kept inside the ``out`` outputs."""
+    """For each image, the first of ``n`` consecutive outputs (n the same for all, at most ``out``) that hold
+    every output whose window meets input positions [start, start + length); returns (firsts, n)."""
     firsts, lengths = [], []
     for start in starts:
         first = max(0, -(-(start + before - kernel + 1) // stride))
@@ -206,15 +224,17 @@ def _edits_in_place(node: fx.Node, module: nn.Module | None) -> bool:
     if node.op == "call_method":
         return node.target.endswith("_") and not node.target.endswith("__")
     if node.op == "call_function":
-        return (node.target in _IN_PLACE_FUNCTIONS or getattr(node.target, "__name__", "").endswith("_")
-                or any(a is True for a in node.args[1:]) or node.kwargs.get("inplace") is True)
+        at = _INPLACE_AT.get(node.target)
+        return (node.target in _IN_PLACE_OPERATORS or getattr(node.target, "__name__", "").endswith("_")
+                or node.kwargs.get("inplace") is True
+                or (at is not None and len(node.args) > at and node.args[at] is True))
     return False
 
 
 def _aliases_input(node: fx.Node, module: nn.Module | None) -> bool:
     """Whether the node's output may share memory with its first input."""
     if node.op == "call_module":
-        return type(module) in (nn.Identity, nn.Dropout, nn.Dropout2d) or _edits_in_place(node, module)
+        return type(module) in _VIEW_MODULES or _edits_in_place(node, module)
     if node.op == "call_method":
         return node.target in _VIEW_METHODS or _edits_in_place(node, module)
     if node.op == "call_function":
@@ -222,34 +242,48 @@ def _aliases_input(node: fx.Node, module: nn.Module | None) -> bool:
     return False
 
 
-def traced_graph(clone: nn.Module) -> fx.Graph | None:
-    """``clone``'s torch.fx graph (leaves: modules without children), kept on it; None where it cannot be
-    traced or where an in-place edit changes a tensor that something else reads too."""
+def _may_trace() -> bool:
+    return threading.current_thread() is threading.main_thread() and not any(
+        t.name.startswith("gradsight-explorer") for t in threading.enumerate())
+
+
+def traced_graph(clone: nn.Module) -> tuple[fx.Graph, frozenset] | None:
+    """``clone``'s torch.fx graph (leaves: modules without children) and the nodes whose tensors an in-place
+    step edits later, kept on the copy; None where it cannot be traced (see the module's docstring)."""
     if "_gradsight_fx" not in clone.__dict__:
-        clone.__dict__["_gradsight_fx"] = _trace(clone)
+        if not _may_trace():
+            return None
+        with _TRACE_LOCK:
+            clone.__dict__["_gradsight_fx"] = _trace(clone)
     return clone.__dict__["_gradsight_fx"]
 
 
-def _trace(clone: nn.Module) -> fx.Graph | None:
+def _trace(clone: nn.Module) -> tuple[fx.Graph, frozenset] | None:
     try:
         graph = _Leaves().trace(clone)
     except Exception:  # noqa: BLE001 - torch.fx refuses control flow on values, among much else
         return None
+    if sum(node.op == "placeholder" for node in graph.nodes) != 1:
+        return None
+    edited_later = set()
     for node in graph.nodes:
+        if "out" in node.kwargs:
+            return None
         module = clone.get_submodule(node.target) if node.op == "call_module" else None
         if not _edits_in_place(node, module) or not node.args or not isinstance(node.args[0], fx.Node):
             continue
         # The kept reference values of the edited tensor (and of what it is a view of) would be stale for a
-        # second reader: only a sole reader may edit.
+        # second reader: only a sole reader may edit, and every tensor up the chain is kept as a copy.
         edited = node.args[0]
         while True:
             if len(edited.users) != 1:
                 return None
+            edited_later.add(edited)
             above = clone.get_submodule(edited.target) if edited.op == "call_module" else None
             if not (_aliases_input(edited, above) and edited.args and isinstance(edited.args[0], fx.Node)):
                 break
             edited = edited.args[0]
-    return graph
+    return graph, frozenset(edited_later)
 
 
 def _agrees(ours: torch.Tensor, plain: torch.Tensor) -> bool:
@@ -261,23 +295,19 @@ def _agrees(ours: torch.Tensor, plain: torch.Tensor) -> bool:
     return bool(torch.isclose(ours, plain, rtol=0.0, atol=SELF_CHECK * scale, equal_nan=True).all())
 
 
-def _flat(value) -> list:
-    out: list = []
-    fx.node.map_aggregate(value, out.append)
-    return out
-
-
 class NearRunner:
     """Runs the folded copy ``clone`` on batches whose images differ from ``reference`` in a rectangle each
     (see the module's docstring); a batch of anything else runs plainly. Threads may share it."""
 
-    def __init__(self, clone: nn.Module, graph: fx.Graph, reference: torch.Tensor):
-        self.clone, self.graph, self.reference = clone, graph, reference
-        self.gradsight_softmaxes = getattr(clone, "gradsight_softmaxes", None)  # gradients.model_scores
+    def __init__(self, clone: nn.Module, traced: tuple[fx.Graph, frozenset], reference: torch.Tensor):
+        (self.graph, self._edited_later), self.clone, self.reference = traced, clone, reference
+        softmaxes = getattr(clone, "gradsight_softmaxes", None)  # what gradients.model_scores watches
+        self.gradsight_softmaxes = softmaxes if softmaxes is not None else tuple(
+            m for m in clone.modules() if isinstance(m, nn.Softmax))
         self.gradsight_stateless = True  # made only from a copy that keeps no state; its own is read-only
         self.refused: str | None = None
         self.checked = False
-        self._modules = {node: clone.get_submodule(node.target) for node in graph.nodes
+        self._modules = {node: clone.get_submodule(node.target) for node in self.graph.nodes
                          if node.op == "call_module"}
         self._reference_values()
 
@@ -296,7 +326,7 @@ class NearRunner:
                     self.refused = "the model's output is not one tensor"
                 break
             if node.op == "placeholder":
-                value = self.reference
+                value = self.reference.clone()  # the model's first step may edit its input in place
                 downstream.add(node)
             else:
                 value = self._execute(node, fx.node.map_arg(node.args, env.__getitem__),
@@ -307,9 +337,8 @@ class NearRunner:
             if node not in downstream:
                 self._constant[node] = value
             elif isinstance(value, torch.Tensor):
-                # A copy: an in-place reader (its sole reader, traced_graph checked) edits the tensor later.
-                self._clean[node] = value.clone() if any(_edits_in_place(u, self._modules.get(u))
-                                                          for u in node.users) else value
+                # A copy where an in-place step edits the tensor later (through a view, perhaps).
+                self._clean[node] = value.clone() if node in self._edited_later else value
         for node in downstream:
             self._kind[node] = self._classify(node, downstream)
 
@@ -320,14 +349,13 @@ class NearRunner:
         dirty = [a for a in node.all_input_nodes if a in downstream]
         if not all(a in self._clean and self._clean[a].ndim == 4 for a in dirty):
             return None
-        others = [v for v in _flat((node.args, node.kwargs)) if not isinstance(v, fx.Node)]
         first = node.args[0] if node.args else None
         module = self._modules.get(node)
         if node.op == "call_module":
             if _hooked(module) or len(node.args) != 1 or node.kwargs or first not in dirty:
                 return None
             size, out_size = tuple(self._clean[first].shape[-2:]), tuple(out.shape[-2:])
-            if type(module) in _POINTWISE_MODULES or (isinstance(module, _POINTWISE_IN_EVAL) and not module.training
+            if type(module) in _POINTWISE_MODULES or (type(module) in _POINTWISE_IN_EVAL and not module.training
                                                       and getattr(module, "running_mean", 0) is not None):
                 return "pointwise" if self._clean[first].shape == out.shape else None
             window = _conv_window(module, size) or _pool_window(module)
@@ -338,12 +366,11 @@ class NearRunner:
             padded = F.pad(self._clean[first], (before[1], after[1], before[0], after[0]), value=fill)
             self._window[node] = _Window(kernel, stride, before, padded, run)
             return "window"
-        if any(isinstance(v, torch.Tensor) for v in others):
-            return None  # a tensor that is not part of the graph: its shape could broadcast over space
         target = node.target
         pointwise = target in (_POINTWISE_FUNCTIONS if node.op == "call_function" else _POINTWISE_METHODS)
-        if pointwise:
-            return "pointwise" if dirty == [first] and self._clean[first].shape == out.shape else None
+        if pointwise:  # no tensor but the map (a constant tensor could broadcast over space)
+            return "pointwise" if node.all_input_nodes == [first] and self._clean[first].shape == out.shape \
+                else None
         binary = target in (_BINARY_FUNCTIONS if node.op == "call_function" else _BINARY_METHODS)
         if binary and len(node.args) == 2 and set(node.kwargs) <= {"alpha"}:
             operands = [a for a in node.args if isinstance(a, fx.Node)]
@@ -380,9 +407,13 @@ class NearRunner:
         changed = changed_rectangles(x, self.reference)
         if changed is None:
             return self.clone(x)
-        out = self.run(changed)
+        try:
+            out = self.run(changed)
+        except Exception as err:  # noqa: BLE001 - a case the rectangles do not cover: plain passes from now on
+            self.refused = f"a batch failed: {type(err).__name__}: {err}"
+            return self.clone(x)
         if not self.checked:
-            if not _agrees(out[:1], self.clone(x[:1])):
+            if not _agrees(out[:1], self.clone(x[:1].clone())):
                 self.refused = "its first batch did not match a plain pass"
                 return self.clone(x)
             self.checked = True
@@ -464,24 +495,30 @@ class NearRunner:
             args = ([aligned(a) for a in first],) + tuple(node.args[1:])
         else:
             args = tuple(aligned(a) for a in node.args)
-        out = self._execute(node, args, dict(node.kwargs))
+        out = self._execute(node, args, fx.node.map_arg(node.kwargs, env.__getitem__))
         return self._finish(node, Changed(out, rows[0], cols[0]))
 
 
 def near_runner(clone: nn.Module, reference: torch.Tensor, keep: dict | None = None) -> NearRunner | None:
     """The runner of the folded copy ``clone`` for images near ``reference`` (1, C, H, W); None where it is
     refused. ``keep``: a dict that lives as long as the model is taken as fixed (``folding.block_answers``),
-    where the runner waits for the next call with an equal reference; its reference values (ResNet50: 146 MiB)
-    are not kept on the copy beyond that."""
+    where the runner waits for the next call with an equal reference (and a refusal for the next reference);
+    its reference values (ResNet50: 146 MiB) are not kept on the copy beyond that."""
     if _global_hooks():
         return None
-    graph = traced_graph(clone)
-    if graph is None:
+    keep = {} if keep is None else keep
+    traced = traced_graph(clone)
+    if traced is None or keep.get("near_refused") is clone:
         return None
-    runner = (keep or {}).get("near_runner")
+    runner = keep.get("near_runner")
     if runner is None or runner.clone is not clone or runner.reference.shape != reference.shape or \
             not torch.equal(runner.reference, reference):
-        runner = NearRunner(clone, graph, reference.clone())
-        if keep is not None:
-            keep["near_runner"] = runner
-    return None if runner.refused else runner
+        try:
+            runner = keep["near_runner"] = NearRunner(clone, traced, reference.clone())
+        except Exception:  # noqa: BLE001 - a graph the reference pass cannot follow: plain passes
+            keep["near_refused"] = clone
+            return None
+    if runner.refused:
+        keep["near_refused"] = clone
+        return None
+    return runner
