@@ -6,17 +6,19 @@ Example:
     >>> runner(batch)                             # clone(batch) to float rounding          # doctest: +SKIP
 
 A convolution's output at one position reads only its window of the input, so where an input changes inside a
-rectangle, each layer's output changes only inside a rectangle too: the input's, widened by the kernel's reach
-and divided by the stride (the receptive-field algebra run forwards). The reference's values at every layer are
+rectangle, each layer's output changes only inside a rectangle too: the input's, widened by the kernel's reach and
+divided by the stride (the receptive-field algebra run forwards). The reference's values at every layer are
 computed once; for each image of a batch only its rectangle of each layer is computed, from a patch of the
-reference's values with the image's own values pasted in, and once a rectangle covers a whole map the image's
-full map is made and the rest of the network runs as usual. Occlusion of ResNet50 with 32-pixel windows
-computes about half of the network's multiply-adds this way (its last two stages see whole maps): 18-19
-instead of ~30 ms an occluded image. This is what Krypton (Nakandala et al. 2019, "Incremental and Approximate
-Inference for Faster Occlusion-based Deep CNN Explanations") does for occlusion; here it is exact: every value
-is the same sum of the same products (bit-identical scores on ResNet50 and EfficientNet-Lite0 in measurements;
-a different patch size may sum in a different order, and a SAME convolution here skips the folded copy's
-extra products with an exact zero).
+reference's values with the image's own values pasted in, and once a rectangle covers a whole map the image's full
+map is made and the rest of the network runs as usual. Occlusion of ResNet50 with 32-pixel windows computes about
+half of the network's multiply-adds this way (its last two stages see whole maps): 18-19 instead of ~30 ms an
+occluded image, occlusion 1.41x sooner than with whole passes (EfficientNet-Lite0 1.24x). This is what Krypton
+(Nakandala et al. 2019, "Incremental and Approximate Inference for Faster Occlusion-based Deep CNN Explanations")
+does for occlusion; here it is exact: every value is the same sum of the same products (a batch of 8 on ResNet50
+and EfficientNet-Lite0 gave bit-identical scores to the copy's whole pass; a different patch size may sum in a
+different order, and a SAME convolution here skips the folded copy's extra products with an exact zero). Occlusion
+maps, differences of scores, came within 1.3e-4 (ResNet50) and 2.3e-6 (EfficientNet-Lite0) relative L2 of whole
+passes in the bench.
 
 The model is read as a torch.fx graph whose leaves are modules without children. A rectangle passes through
 convolutions (zero padding, timm's SAME), max and average pooling, BatchNorm in eval mode, elementwise
