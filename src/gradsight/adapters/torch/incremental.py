@@ -37,7 +37,6 @@ occlusion runs whole passes.
 
 from __future__ import annotations
 
-import math
 import operator
 import threading
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from torch import fx, nn
 
 from .inplace_clamp import InplaceClamp
 from .packed_conv import PackedConv
-from .same_padding import SamePaddedConv
+from .same_padding import SamePaddedConv, same_total
 
 # Above this share of the input's area changed, the bookkeeping costs about what it saves.
 MAX_CHANGED = 0.5
@@ -130,8 +129,7 @@ def _conv_window(module: nn.Module, size: tuple[int, int]):
         return None
     kernel = tuple(d * (k - 1) + 1 for k, d in zip(module.kernel_size, module.dilation))
     if isinstance(module, SamePaddedConv):  # TensorFlow's SAME: total // 2 before, the rest after
-        before = tuple(max((math.ceil(n / s) - 1) * s + k - n, 0) // 2
-                       for n, k, s in zip(size, kernel, module.stride))
+        before = tuple(same_total(n, k, s) // 2 for n, k, s in zip(size, kernel, module.stride))
     else:
         before = _pair(module.padding)
 

@@ -28,6 +28,17 @@ from .layers import replace_submodule
 from .packed_conv import PackedConv, convolve
 
 
+def same_total(size: int, extent: int, stride: int) -> int:
+    """Zeros that TensorFlow's SAME pads along an axis of ``size`` for a kernel reaching ``extent`` positions
+    (dilated): enough for ceil(size / stride) outputs; ``total // 2`` go before.
+
+    Example:
+        >>> same_total(8, 3, 2)          # 4 outputs read rows 0..8 of 0..7: one zero (it goes after)
+        1
+    """
+    return max((math.ceil(size / stride) - 1) * stride + extent - size, 0)
+
+
 def _is_timm_same_conv(module: nn.Module) -> bool:
     cls = type(module)
     return (cls.__name__ == "Conv2dSame" and cls.__module__.startswith("timm.")
@@ -56,7 +67,7 @@ class SamePaddedConv(PackedConv):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads, extra = [], []
         for size, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
-            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            total = same_total(size, (k - 1) * d + 1, s)
             before = total // 2
             pads.append(total - before)
             extra.append(total - 2 * before)  # 0 or 1
