@@ -25,6 +25,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
 
+from gradsight.adapters.torch import incremental  # noqa: E402
 from gradsight.explorer.app import create_app  # noqa: E402
 from gradsight.explorer.session import Session  # noqa: E402
 from gradsight.explorer.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS  # noqa: E402
@@ -233,7 +234,8 @@ def test_input_of_a_photo_on_the_seed_cnn_is_the_photo_in_grey_fitted_to_128(cli
     np.testing.assert_array_equal(shown[..., 0], np.rint(expected[..., 0] * 255).astype(np.uint8))
 
 
-def test_the_users_classifier_predicts_and_explains_like_the_python_api(client, user_model, ouzel_path):
+def test_the_users_classifier_predicts_and_explains_like_the_python_api(client, user_model, ouzel_path,
+                                                                        monkeypatch):
     key = "Sequential (given)"
     table = _ok(client.get("/api/layers", params={"model": key})).json()
     assert table["classifier"] and table["methods"][0]["name"] == "gradient"
@@ -255,6 +257,20 @@ def test_the_users_classifier_predicts_and_explains_like_the_python_api(client, 
     reddest = np.unravel_index(np.argmax(expected_ixg.maps[0]), expected_ixg.maps[0].shape)
     bluest = np.unravel_index(np.argmin(expected_ixg.maps[0]), expected_ixg.maps[0].shape)
     assert tuple(colours[reddest]) == (255, 0, 0) and tuple(colours[bluest]) == (0, 0, 255)
+    # Occlusion from the server's worker threads: the incremental passes trace the folded copy there (first
+    # here, before any call from the main thread), and the map is the Python API's.
+    traced_in = []
+
+    def spy(clone, trace=incremental._trace):
+        traced_in.append(threading.current_thread() is threading.main_thread())
+        return trace(clone)
+
+    monkeypatch.setattr(incremental, "_trace", spy)
+    occluded = {"model": key, "image": 1, "method": "occlusion"}
+    served = _npy(client.get("/api/saliency.npy", params=occluded))
+    assert traced_in == [False]
+    expected_occlusion = gradsight.attribute(user_model, ouzel_path, method="occlusion")
+    np.testing.assert_allclose(served, expected_occlusion.maps[0], rtol=1e-5, atol=1e-6)
     # A unit on the photo: the input is the model's own preprocessing of it.
     params = {"model": key, "image": 1, "layer": "7", "x": 20, "y": 33, "c": 4}
     view = _ok(client.get("/api/unit", params=params)).json()

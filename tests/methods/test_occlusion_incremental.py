@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from method_models import conditioned_resnet18, normal_inputs
 from timm.layers import Conv2dSame
-from torch import nn
+from torch import fx, nn
 
 from gradsight.adapters.torch import gradients, incremental
 from gradsight.adapters.torch.folding import block_answers, folded_copy, unchanged_during
@@ -184,15 +184,67 @@ def test_graphs_it_cannot_follow_exactly_are_refused(model):
     assert near_runner(model, torch.randn(1, 3, 16, 16)) is None
 
 
-def test_no_trace_outside_the_main_thread():
-    # torch.fx patches nn.Module.__call__ for the whole process while it traces: a model another thread runs
-    # meanwhile would be traced too, so only the main thread traces (and later calls there still can).
-    model, seen = _model(), []
-    worker = threading.Thread(target=lambda: seen.append(incremental.traced_graph(model)))
+class PausesMidTrace(nn.Module):
+    """A model that, while torch.fx traces it, lets another thread run models before it goes on."""
+
+    def __init__(self, inner: nn.Module, tracing: threading.Event, resume: threading.Event):
+        super().__init__()
+        self.inner, self.tracing, self.resume = inner, tracing, resume
+
+    def forward(self, x):
+        y = self.inner(x)
+        if isinstance(y, fx.Proxy):
+            self.tracing.set()
+            assert self.resume.wait(20)
+        return y
+
+
+def test_other_threads_run_their_models_as_usual_while_a_trace_is_under_way():
+    # torch.fx patches nn.Module.__call__ and __getattr__ for the whole process while it traces; calls from
+    # other threads must pass through them: the model being traced (its parameters too) and any other model.
+    tracing, resume = threading.Event(), threading.Event()
+    model, other = PausesMidTrace(_model(0), tracing, resume).eval(), _model(1)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = {"same": model(x), "other": other(x)}
+    seen, errors = {}, []
+
+    def meanwhile():
+        try:
+            assert tracing.wait(20)
+            with torch.no_grad():
+                seen["same"], seen["other"] = model(x), other(x)
+        except Exception as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+        finally:
+            resume.set()
+
+    worker = threading.Thread(target=meanwhile)
     worker.start()
+    traced = incremental.traced_graph(model)
     worker.join()
-    assert seen == [None] and "_gradsight_fx" not in vars(model)
-    assert incremental.traced_graph(model) is not None
+    assert not errors and set(seen) == {"same", "other"}
+    for name, value in seen.items():
+        assert type(value) is torch.Tensor, name
+        np.testing.assert_array_equal(value.numpy(), expected[name].numpy())
+    # The trace itself holds only the tracing thread's calls: it gives the model's own numbers.
+    assert traced is not None
+    reference = x[:1].clone(memory_format=torch.channels_last)
+    batch = _occluded(reference, [(0, 0, 6, 6), (10, 12, 8, 4)])
+    with torch.no_grad():
+        ours = NearRunner(model, traced, reference).run(changed_rectangles(batch, reference))
+        np.testing.assert_allclose(ours.numpy(), model(batch).numpy(), rtol=0, atol=1e-5)
+
+
+def test_any_thread_may_trace_and_the_trace_is_kept_once():
+    model, seen = _model(), []
+    workers = [threading.Thread(target=lambda: seen.append(incremental.traced_graph(model))) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(seen) == 3 and seen[0] is not None and all(s is seen[0] for s in seen)
+    assert incremental.traced_graph(model) is seen[0]
 
 
 def test_hooks_see_the_whole_maps_the_model_makes():
@@ -274,3 +326,17 @@ def test_the_embedded_models_occluded_scores_equal_its_whole_passes(embedded, ou
     assert runner.checked and runner.refused is None
     np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
     assert np.abs(plain - plain[:1]).max() > 0.05  # the windows move the scores
+
+
+def test_no_trace_while_another_torch_fx_trace_is_under_way():
+    # Two tracers' patches of nn.Module.__call__ would be undone out of order: wait for the other one.
+    model, inside = _model(), []
+
+    class TracesOurs(nn.Module):
+        def forward(self, x):
+            inside.append(incremental.traced_graph(model))
+            return x + 1
+
+    fx.symbolic_trace(TracesOurs())
+    assert inside == [None] and "_gradsight_fx" not in vars(model)
+    assert incremental.traced_graph(model) is not None

@@ -29,10 +29,11 @@ view of) that something else reads too, a global module hook, and any failure wh
 checks itself: image 0 is also run plainly, and a difference beyond rounding (or a failure) refuses the runner
 for good.
 
-torch.fx patches ``nn.Module.__call__`` for the whole process while it traces (once per folded copy, ~0.1 s):
-a model called meanwhile from another thread would be traced too. So the trace runs only in the main thread,
-one at a time, and not while gradsight's explorer serves (its requests run in other threads); elsewhere
-occlusion runs whole passes.
+torch.fx patches ``nn.Module.__call__`` and ``__getattr__`` for the whole process while it traces (once per
+folded copy, ~0.1 s). The tracer here records only the calls of the thread that traces: a module called meanwhile
+from any other thread (the same copy from the explorer's server, or any model of the user's) runs as it always
+does. Traces run one at a time, and not while some other torch.fx trace is under way (two tracers' patches would
+undo each other out of order); then occlusion runs whole passes.
 """
 
 from __future__ import annotations
@@ -104,10 +105,25 @@ class _Window:
 
 
 class _Leaves(fx.Tracer):
-    """Modules without children are the graph's leaves: each is called as it is."""
+    """Modules without children are the graph's leaves: each is called as it is. Module calls and attribute
+    reads from threads other than the tracing one pass straight through fx's process-wide patches."""
+
+    def __init__(self):
+        super().__init__()
+        self._thread = threading.get_ident()
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return next(module.children(), None) is None
+
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -242,18 +258,20 @@ def _aliases_input(node: fx.Node, module: nn.Module | None) -> bool:
     return False
 
 
-def _may_trace() -> bool:
-    return threading.current_thread() is threading.main_thread() and not any(
-        t.name.startswith("gradsight-explorer") for t in threading.enumerate())
+def _another_fx_trace() -> bool:
+    """Whether some torch.fx trace has its patches in place now (torch's own record of them)."""
+    return getattr(getattr(fx, "_symbolic_trace", None), "CURRENT_PATCHER", None) is not None
 
 
 def traced_graph(clone: nn.Module) -> tuple[fx.Graph, frozenset] | None:
     """``clone``'s torch.fx graph (leaves: modules without children) and the nodes whose tensors an in-place
     step edits later, kept on the copy; None where it cannot be traced (see the module's docstring)."""
     if "_gradsight_fx" not in clone.__dict__:
-        if not _may_trace():
-            return None
         with _TRACE_LOCK:
+            if "_gradsight_fx" in clone.__dict__:  # another thread traced it while this one waited
+                return clone.__dict__["_gradsight_fx"]
+            if _another_fx_trace():
+                return None
             clone.__dict__["_gradsight_fx"] = _trace(clone)
     return clone.__dict__["_gradsight_fx"]
 
