@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
@@ -20,6 +19,7 @@ from torch.nn import functional as F
 from ...errors import BadInputError
 from ...models.names import SEED_CHANNELS, SEED_INPUT, SEED_KERNELS, SEED_STRIDES
 from ..common import avoid_triton_tensorflow_clash
+from .same_padding import same_total
 
 avoid_triton_tensorflow_clash("torch")  # before torch runs anything that imports Triton
 
@@ -36,7 +36,7 @@ class TFSamePad2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = []
         for size in (x.shape[-1], x.shape[-2]):  # F.pad wants the last axis first
-            total = max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel - size, 0)
+            total = same_total(size, self.kernel, self.stride)
             pads += [total // 2, total - total // 2]
         return F.pad(x, pads)
 
