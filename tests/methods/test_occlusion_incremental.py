@@ -340,3 +340,22 @@ def test_no_trace_while_another_torch_fx_trace_is_under_way():
     fx.symbolic_trace(TracesOurs())
     assert inside == [None] and "_gradsight_fx" not in vars(model)
     assert incremental.traced_graph(model) is not None
+
+
+def test_a_finished_tracer_passes_every_call_through(monkeypatch):
+    # Should another tracer undo torch.fx's patches out of order and leave this one's in place, later calls
+    # (from the thread that traced too) must still run the model, not add to a finished graph.
+    model, tracers = _model(), []
+
+    class Kept(incremental._Leaves):
+        def __init__(self):
+            super().__init__()
+            tracers.append(self)
+
+    monkeypatch.setattr(incremental, "_Leaves", Kept)
+    assert incremental.traced_graph(model) is not None and len(tracers) == 1
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        out = tracers[0].call_module(model.stem, model.stem, (x,), {})
+        np.testing.assert_array_equal(out.numpy(), model.stem(x).numpy())
+    assert tracers[0].getattr("weight", model.stem.weight, {}) is model.stem.weight

@@ -106,22 +106,27 @@ class _Window:
 
 class _Leaves(fx.Tracer):
     """Modules without children are the graph's leaves: each is called as it is. Module calls and attribute
-    reads from threads other than the tracing one pass straight through fx's process-wide patches."""
+    reads from threads other than the tracing one, and any after ``finished`` is set, pass straight through
+    fx's process-wide patches (harmless should another tracer's out-of-order undo leave them in place)."""
 
     def __init__(self):
         super().__init__()
         self._thread = threading.get_ident()
+        self.finished = False
+
+    def _passes(self) -> bool:
+        return self.finished or threading.get_ident() != self._thread
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return next(module.children(), None) is None
 
     def call_module(self, m, forward, args, kwargs):
-        if threading.get_ident() != self._thread:
+        if self._passes():
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
-        if threading.get_ident() != self._thread:
+        if self._passes():
             return attr_val
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
@@ -277,10 +282,13 @@ def traced_graph(clone: nn.Module) -> tuple[fx.Graph, frozenset] | None:
 
 
 def _trace(clone: nn.Module) -> tuple[fx.Graph, frozenset] | None:
+    tracer = _Leaves()
     try:
-        graph = _Leaves().trace(clone)
+        graph = tracer.trace(clone)
     except Exception:  # noqa: BLE001 - torch.fx refuses control flow on values, among much else
         return None
+    finally:
+        tracer.finished = True
     if sum(node.op == "placeholder" for node in graph.nodes) != 1:
         return None
     edited_later = set()
