@@ -123,6 +123,22 @@ def test_functional_and_smooth_activations_are_refused_by_name():
     probe = np.zeros((1, 8, 8, 3), np.float32)
     with pytest.raises(BadInputError, match="functions in forward.*relu"):
         modified_copy(Functional(), "guided", probe=probe)
+
+    class Clamped(Functional):  # ReLUs written as a clamp at 0 or a maximum with 0: refused too
+        def __init__(self, relu):
+            super().__init__()
+            self.relu = relu
+
+        def forward(self, x):
+            return self.head(self.relu(self.act(self.conv(x))).mean((2, 3)))
+
+    disguises = [("clamp", lambda t: t.clamp(min=0)), ("clamp_min", lambda t: torch.clamp_min(t, 0.0)),
+                 ("clamp", lambda t: torch.clamp(t, 0, 6)), ("maximum", lambda t: torch.maximum(t, torch.zeros(())))]
+    for op, relu in disguises:
+        with pytest.raises(BadInputError, match=f"functions in forward.*{op}"):
+            modified_copy(Clamped(relu), "deconvnet", probe=probe)
+    # A clamp at another bound is not a ReLU: the copy is made.
+    assert modified_copy(Clamped(lambda t: t.clamp(min=-1.0)), "guided", probe=probe) is not None
     smooth = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(BadInputError, match="SiLU"):
         modified_copy(smooth, "guided")

@@ -41,6 +41,25 @@ _SMOOTH = (nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.ELU, nn.SELU, nn.CELU, nn
 _SMOOTH_OPS = {"silu", "silu_", "gelu", "gelu_", "hardswish", "hardswish_", "mish", "mish_", "elu", "elu_",
                "softplus"}
 _RELU_OPS = {"relu", "relu_", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "relu6", "threshold"}
+# A ReLU written as a clamp or a maximum: ``x.clamp(min=0)``, ``torch.clamp_min(x, 0)``, ``torch.maximum(x, 0)``.
+_CLAMP_OPS = {"clamp", "clamp_", "clamp_min", "clamp_min_"}
+_MAXIMUM_OPS = {"maximum", "fmax"}
+
+
+def _is_zero(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() > 0 and bool((value == 0).all())
+    return isinstance(value, (int, float)) and value == 0
+
+
+def _relu_in_disguise(op: str, args, kwargs) -> bool:
+    """A clamp whose lower bound is 0, or a maximum with zeros: a ReLU (or ReLU6) applied as a function."""
+    if op in _CLAMP_OPS:
+        low = args[1] if len(args) > 1 else kwargs.get("min")
+        return _is_zero(low)
+    if op in _MAXIMUM_OPS:
+        return any(_is_zero(a) for a in args[:2])
+    return False
 
 
 _INSIDE = threading.local()  # depth > 0 while a RuleActivation runs: its own relu is not a functional one
@@ -112,7 +131,7 @@ class _RuleOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         op = func.__name__.split(".")[0]
         if not getattr(_INSIDE, "depth", 0):
-            if op in _RELU_OPS:
+            if op in _RELU_OPS or _relu_in_disguise(op, args, kwargs or {}):
                 self.relu[op] = self.relu.get(op, 0) + 1
             elif op in _SMOOTH_OPS:
                 self.smooth[op] = self.smooth.get(op, 0) + 1
@@ -146,7 +165,8 @@ def _rule_copy(model: nn.Module, rule: str, probe: torch.Tensor | None) -> nn.Mo
             calls = ", ".join(f"{op} x{n}" for op, n in sorted(mode.relu.items()))
             raise BadInputError("model", expected=f"ReLUs as nn.ReLU/nn.ReLU6/nn.LeakyReLU modules (the {rule} "
                                 "rule replaces modules)", got=f"ReLUs applied as functions in forward ({calls})",
-                                fix="replace F.relu/torch.relu in forward by nn.ReLU modules, or use another method")
+                                fix="replace F.relu/torch.relu (or a clamp at 0) in forward by nn.ReLU modules, or use "
+                                "another method")
     if replaced == 0:
         raise BadInputError("model", expected=f"ReLU activations (the {rule} rule modifies their backward pass)",
                             got="a model with no ReLU, ReLU6 or LeakyReLU module",
