@@ -35,7 +35,9 @@ def quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise BadInputError("n_steps", expected="a whole number >= 1", got=repr(n))
     if rule == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(int(n))  # on [-1, 1], weights sum to 2
+        from scipy.special import roots_legendre  # O(n) memory; NumPy's leggauss: an n x n matrix
+
+        nodes, weights = roots_legendre(int(n))  # ascending, on [-1, 1], weights sum to 2
         return (nodes + 1) / 2, weights / 2
     if rule == "riemann_left":
         return np.arange(n) / n, np.full(n, 1 / n)
