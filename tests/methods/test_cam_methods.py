@@ -142,6 +142,32 @@ def test_grad_cam_on_the_embedded_model_with_the_photo(embedded, ouzel_path):
         assert ours.on_original(0).shape == (photo.height, photo.width)
 
 
+def test_score_cam_by_hand_with_probabilities_over_classes_as_weights():
+    # Wang et al. 2020: M_k = the k-th activation map upsampled (bilinear, half-pixel centres) and scaled to
+    # [0, 1]; its weight is softmax over classes of f(x * M_k) at the target; map = ReLU(sum_k w_k A_k).
+    net = cam_net(seed=2)
+    x = normal_inputs(2, 20, seed=3)
+    targets = [1, 3]
+    ours = attribute(net, x, method="score_cam", target=targets, internal_batch_size=4)
+    assert ours.options["layer"] == "1"
+    with torch.no_grad():
+        a = F.relu(F.conv2d(nchw(x), net[0].weight, net[0].bias, stride=3))  # (N, 6, 6, 6)
+        for i, target in enumerate(targets):
+            weights = []
+            for k in range(a.shape[1]):
+                m = F.interpolate(a[i:i + 1, k:k + 1], size=(20, 20), mode="bilinear", align_corners=False)
+                m = (m - m.min()) / (m.max() - m.min())
+                probabilities = torch.softmax(net(nchw(x[i:i + 1]) * m), dim=1)[0]
+                weights.append(float(probabilities[target]))
+            combined = sum(w * a[i, k] for k, w in enumerate(weights))
+            expected = F.relu(combined).numpy()
+            np.testing.assert_allclose(ours.layer_maps[i], expected, rtol=1e-4, atol=1e-6 * expected.max())
+            assert 0 < min(weights) and max(weights) < 1 and np.ptp(weights) > 1e-3  # really weighted
+    upsampled = F.interpolate(torch.from_numpy(ours.layer_maps)[:, None], size=(20, 20), mode="bilinear",
+                              align_corners=False)[:, 0].numpy()
+    np.testing.assert_allclose(ours.maps, upsampled, rtol=1e-5, atol=1e-6 * ours.layer_maps.max())
+
+
 def test_an_image_alone_equals_it_in_a_mixed_target_batch_and_any_chunking(resnet):
     x = normal_inputs(3, 64, seed=4)
     alone = attribute(resnet, x[1:2], method="grad_cam", target=7)
