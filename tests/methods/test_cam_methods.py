@@ -123,23 +123,40 @@ def test_equals_pytorch_grad_cam_on_resnet18(method, reference):
 
 
 @pytest.mark.slow
-def test_grad_cam_on_the_embedded_model_with_the_photo(embedded, ouzel_path):
+@pytest.mark.parametrize("method,reference", [("grad_cam", GradCAM), ("grad_cam_pp", GradCAMPlusPlus),
+                                              ("layer_cam", LayerCAM)])
+def test_cam_methods_on_the_embedded_model_with_the_photo(embedded, ouzel_path, method, reference):
     x = prepare_inputs([ouzel_path], embedded.preprocess).arrays
-    ours = attribute(embedded, ouzel_path, method="grad_cam")
+    ours = attribute(embedded, ouzel_path, method=method)
     assert ours.options["layer"] == "bn2" and ours.targets.tolist() == [20]  # BatchNorm + ReLU6 before the pool
     assert ours.layer_maps.shape == (1, 7, 7)
     module = embedded.module
-    layer = LayerGradCam(module, module.bn2).attribute(nchw(x), target=20, relu_attributions=True)
-    np.testing.assert_allclose(ours.layer_maps, layer[:, 0].detach().numpy(), rtol=1e-4,
-                               atol=1e-5 * ours.layer_maps.max())
+    if method == "grad_cam":
+        layer = LayerGradCam(module, module.bn2).attribute(nchw(x), target=20, relu_attributions=True)
+        np.testing.assert_allclose(ours.layer_maps, layer[:, 0].detach().numpy(), rtol=1e-4,
+                                   atol=1e-5 * ours.layer_maps.max())
     private = copy.deepcopy(module)  # pytorch-grad-cam fills parameters' .grad: not on the shared model
-    with GradCAM(model=private, target_layers=[private.bn2]) as cam:
+    compared = ours
+    if method == "grad_cam_pp":
+        # pytorch-grad-cam adds 1e-6 to alpha's denominator 2 g^2 + sum(A) g^3, and this model's gradients at bn2
+        # (~1e-3 a position) make that 10-20% of it: both run with the logits x 1000, where 1e-6 is negligible.
+        with torch.no_grad():
+            private.classifier.weight.mul_(1000)
+            private.classifier.bias.mul_(1000)
+        compared = attribute(copy.deepcopy(private), x, method=method, layer="bn2", target=20)
+    with reference(model=private, target_layers=[private.bn2]) as cam:
         raw, final = pytorch_grad_cam_layer_maps(cam, x, [20])
-    np.testing.assert_allclose(ours.layer_maps, raw, rtol=1e-4, atol=1e-5 * raw.max())
-    np.testing.assert_allclose(scaled_like_pytorch_grad_cam(ours.layer_maps, (224, 224)), final, atol=1e-4)
-    # Mapped back onto the photo: one value per pixel of the original image.
+    np.testing.assert_allclose(compared.layer_maps, raw, rtol=1e-4, atol=1e-5 * raw.max())
+    np.testing.assert_allclose(scaled_like_pytorch_grad_cam(compared.layer_maps, (224, 224)), final, atol=1e-4)
+    # Mapped back onto the photo: one value per pixel of the original image, and most of the map's mass on the
+    # bird (x in [110, 350], y in [65, 235] of the 500 x 348 photo; shared/data/README.md).
     with Image.open(ouzel_path) as photo:
-        assert ours.on_original(0).shape == (photo.height, photo.width)
+        on_photo = ours.on_original(0)
+        assert on_photo.shape == (photo.height, photo.width)
+    bird = np.zeros(on_photo.shape, bool)
+    bird[65:236, 110:351] = True
+    seen = on_photo > 0
+    assert on_photo[bird].sum() / on_photo.sum() > 1.3 * (bird & seen).sum() / seen.sum()
 
 
 def test_score_cam_by_hand_with_probabilities_over_classes_as_weights():
