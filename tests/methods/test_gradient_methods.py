@@ -62,6 +62,16 @@ def test_gradient_equals_captum_on_the_embedded_model_with_the_photo(embedded, o
     np.testing.assert_allclose(ours.maps, np.abs(theirs).max(axis=-1), rtol=1e-5, atol=1e-6 * np.abs(theirs).max())
 
 
+def test_input_x_gradient_equals_captum_on_the_embedded_model_with_the_photo(embedded, ouzel_path):
+    x = prepare_inputs([ouzel_path], embedded.preprocess).arrays
+    theirs = nhwc(InputXGradient(embedded.module).attribute(nchw(x).requires_grad_(), target=20))
+    exact = attribute(embedded, ouzel_path, method="input_x_gradient", fast=False)
+    np.testing.assert_allclose(exact.attribution, theirs, rtol=1e-5, atol=1e-6 * np.abs(theirs).max())
+    np.testing.assert_allclose(exact.maps, theirs.sum(axis=-1), rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
+    folded = attribute(embedded, ouzel_path, method="input_x_gradient")  # BatchNorm folded (the default)
+    assert rel_l2(folded.attribution, theirs) < 1e-4
+
+
 @pytest.mark.parametrize("channels", [1, 3, 4])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_maps_are_numpys_channel_reductions_bit_for_bit(channels, dtype):

@@ -79,12 +79,29 @@ class _Clamp6(nn.Module):
         return torch.clamp(x, max=6.0)
 
 
-def relu6_as_relu_and_clamp(model: nn.Module) -> nn.Module:
+class _PassThrough6(torch.autograd.Function):
+    """min(x, 6) forward; the gradient passes everywhere (deconvnet reads no forward value)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.clamp(x, max=6.0)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class _Clamp6PassingGradients(nn.Module):
+    def forward(self, x):
+        return _PassThrough6.apply(x)
+
+
+def relu6_as_relu_and_clamp(model: nn.Module, clamp: type[nn.Module] = _Clamp6) -> nn.Module:
     clone = copy.deepcopy(model).eval()
     for name, module in list(clone.named_modules()):
         if type(module) is nn.ReLU6:
             parent, _, child = name.rpartition(".")
-            setattr(clone.get_submodule(parent) if parent else clone, child, nn.Sequential(nn.ReLU(), _Clamp6()))
+            setattr(clone.get_submodule(parent) if parent else clone, child, nn.Sequential(nn.ReLU(), clamp()))
     return clone
 
 
@@ -101,6 +118,22 @@ def test_guided_backprop_equals_captum_on_the_embedded_model_with_the_photo(embe
     plain = gradsight.saliency(embedded, x).gradient
     assert rel_l2(ours.attribution, nhwc(theirs)) < 1e-3  # BatchNorm folded on our side
     assert rel_l2(ours.attribution, plain) > 0.5  # and guided backprop is not the gradient
+
+
+@pytest.mark.slow
+def test_deconvnet_equals_captum_on_the_embedded_model_with_the_photo(embedded, ouzel_path):
+    # Deconvnet's rule ignores the forward pass: a ReLU6 passes max(g, 0) whatever its input, which is Captum's
+    # Deconvolution on ReLU followed by a clamp at 6 whose gradient passes everywhere.
+    x = prepare_inputs([ouzel_path], embedded.preprocess).arrays
+    ours = attribute(embedded, x, method="deconvnet")
+    rewritten = relu6_as_relu_and_clamp(embedded.module, _Clamp6PassingGradients)
+    with torch.no_grad():
+        np.testing.assert_allclose(rewritten(nchw(x)).numpy(), embedded.module(nchw(x)).numpy(), rtol=1e-5,
+                                   atol=1e-4)
+    theirs = Deconvolution(rewritten).attribute(nchw(x).requires_grad_(), target=20)
+    assert rel_l2(ours.attribution, nhwc(theirs)) < 1e-3  # BatchNorm folded on our side
+    guided = attribute(embedded, x, method="guided_backprop")
+    assert rel_l2(ours.attribution, guided.attribution) > 0.5  # and the two rules differ on this model
 
 
 def test_refuses_models_it_cannot_modify_by_name(cnn):

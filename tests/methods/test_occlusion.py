@@ -16,6 +16,7 @@ from captum.attr import Occlusion
 from method_models import conditioned_resnet18, linear_model, nchw, normal_inputs, rel_l2
 
 from gradsight.errors import BadInputError
+from gradsight.inputs import prepare_inputs
 from gradsight.methods.attribute import attribute
 
 
@@ -86,6 +87,16 @@ def test_equals_captum_occlusion_on_resnet18(resnet):
     assert np.array_equal(theirs[:, 0], theirs[:, 2])  # one value for all channels
     # Score drops are differences of logits of size ~0.2 taken in float32: agreement to ~1e-5 relative.
     assert rel_l2(ours.maps, theirs[:, 0]) < 1e-4
+
+
+@pytest.mark.slow
+def test_equals_captum_occlusion_on_the_embedded_model_with_the_photo(embedded, ouzel_path):
+    x = prepare_inputs([ouzel_path], embedded.preprocess).arrays
+    ours = attribute(embedded, ouzel_path, method="occlusion", window=56, stride=28)
+    assert ours.targets.tolist() == [20] and ours.options["fill"] == 0.0
+    theirs = Occlusion(embedded.module).attribute(nchw(x), sliding_window_shapes=(3, 56, 56), strides=(3, 28, 28),
+                                                  baselines=0, target=20, perturbations_per_eval=8).numpy()
+    assert rel_l2(ours.maps, theirs[:, 0]) < 1e-4  # the incremental passes on the folded copy, Captum's plain
 
 
 def test_an_image_alone_equals_it_in_a_mixed_target_batch_and_any_chunking(resnet):

@@ -10,6 +10,8 @@ documented contract of gradsight.methods.smoothgrad), which makes the comparison
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from captum.attr import NoiseTunnel, Saliency
 from method_models import SumOfSquares, conditioned_resnet18, linear_model, nchw, nhwc, normal_inputs, rel_l2
 
 from gradsight.errors import BadInputError
+from gradsight.inputs import prepare_inputs
 from gradsight.methods.attribute import attribute
 
 
@@ -130,6 +133,27 @@ def test_equals_captum_noise_tunnel_given_the_same_noise(resnet, monkeypatch, va
                                                      target=torch.tensor([1, 8]), abs=False)
     # Float32 gradients; VarGrad is a difference of two means (E[g^2] - E[g]^2) and loses a digit more.
     assert rel_l2(ours.attribution, nhwc(theirs)) < (1e-4 if variant != "var" else 1e-3)
+
+
+@pytest.mark.slow
+def test_equals_captum_noise_tunnel_on_the_embedded_model_with_the_photo(embedded, ouzel_path, monkeypatch):
+    # In float64 (a copy of the model): in float32, one of these four noisy copies has a ReLU6 input within
+    # rounding of a bound, and channels-last and NCHW convolutions round it to different sides (that copy's
+    # gradients differ by 6e-4 relative L2; the other three by 7e-7).
+    x = prepare_inputs([ouzel_path], embedded.preprocess).arrays
+    model = copy.deepcopy(embedded.module).double()
+    n, seed = 4, 5
+    ours = attribute(model, x, method="smoothgrad", n_samples=n, seed=seed, target=20)
+    sigma = np.float32(0.15 * float(x.max() - x.min()))  # the default: relative to the photo's range
+    assert ours.options["sigma"] == pytest.approx([sigma])
+    noisy = np.stack([x[0] + our_noise(seed, s, x.shape[1:]) * sigma for s in range(n)])  # float32, as ours
+    noise = nchw(noisy.astype(np.float64) - x.astype(np.float64))  # exact: x + noise is our noisy input
+    real_normal = torch.normal
+    monkeypatch.setattr(torch, "normal", lambda mean, std, *a, **k: noise
+                        if tuple(std.shape) == (n, 3, 224, 224) else real_normal(mean, std, *a, **k))
+    theirs = NoiseTunnel(Saliency(model)).attribute(nchw(x).double(), nt_type="smoothgrad", nt_samples=n,
+                                                    stdevs=1.0, target=20, abs=False)
+    assert rel_l2(ours.attribution, nhwc(theirs)) < 1e-6  # float32 output of float64 sums; BatchNorm folded
 
 
 def test_an_image_alone_equals_it_in_a_mixed_target_batch_and_any_chunking(resnet):
