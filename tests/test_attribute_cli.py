@@ -99,6 +99,24 @@ def test_files_mode_goes_chunk_by_chunk_and_names_collisions_apart(tmp_path, cap
     assert stdout.count("explained: logit[3]") == 3
 
 
+def test_each_sidecar_records_its_own_images_smoothgrad_sigma(tmp_path, capsys):
+    photo = Image.open(gradsight.example_image_path()).convert("RGB")
+    photo.save(tmp_path / "bright.png")
+    photo.point(lambda v: 100 + v // 4).save(tmp_path / "dull.png")  # a quarter of the range: a smaller sigma
+    files = [tmp_path / "bright.png", tmp_path / "dull.png"]
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "attribute", *files, "--method", "smoothgrad", "--option", "n_samples=2",
+                       "--model", MODEL, "--out", out)
+    assert code == 0, err
+    expected = gradsight.attribute(tiny_model(), [str(f) for f in files], method="smoothgrad", n_samples=2)
+    sigmas = expected.options["sigma"]
+    assert sigmas[1] < 0.3 * sigmas[0]
+    for stem, sigma in zip(("bright", "dull"), sigmas):
+        sidecar = json.loads((out / f"{stem}_smoothgrad.json").read_text())
+        assert sidecar["options"]["sigma"] == pytest.approx(sigma) == sidecar["per_image"]["sigma"]
+        assert sidecar["options"]["n_samples"] == 2 and sidecar["options"]["noise_level"] == 0.15
+
+
 @pytest.mark.parametrize("args, words", [
     (["--method", "gradiant"], ["'gradient'"]),
     (["--method", "gradient,grad_cam", "--option", "n_steps=3"], ["n_steps", "grad_cam: layer"]),
@@ -165,3 +183,29 @@ def test_saliency_expect_on_a_folder_is_judged_from_the_runs_records(tmp_path, c
     code, stdout, err = run(capsys, "saliency", root / "ouzel.png", "--model", MODEL, "--out", tmp_path / "files")
     assert code == 0 and (tmp_path / "files" / "ouzel_saliency.npy").exists()
     assert not (tmp_path / "files" / "manifest.jsonl").exists()
+
+
+def test_methods_prints_every_method_with_its_options_defaults_and_reference(capsys):
+    code, out, err = run(capsys, "methods")
+    assert code == 0 and not err
+    blocks = {}
+    for line in out.splitlines():
+        if line and not line.startswith(" "):
+            name = line.split()[0]
+            blocks[name] = [line]
+        elif line.strip():
+            blocks[name].append(line.strip())
+    listed = {m["name"]: m for m in gradsight.list_methods()}
+    assert set(blocks) == set(listed)
+    for name, method in listed.items():
+        head, options, reference = blocks[name]
+        assert head.split()[1] == method["kind"] and head.split()[2] == "/".join(method["frameworks"])
+        assert options == "options: " + (", ".join(f"{k}={v!r}" for k, v in method["options"].items()) or "-")
+        assert reference == method["reference"]
+    # The defaults the papers give (the table), as the table prints them.
+    for name, default in [("smoothgrad", "n_samples=50"), ("smoothgrad", "noise_level=0.15"),
+                          ("smoothgrad", "variant='mean'"), ("smoothgrad", "seed=0"),
+                          ("integrated_gradients", "n_steps=50"), ("integrated_gradients", "rule='gausslegendre'"),
+                          ("integrated_gradients", "baseline='zeros'"), ("occlusion", "fill=0.0"),
+                          ("grad_cam", "layer=None"), ("grad_cam_pp", "layer=None"), ("layer_cam", "layer=None")]:
+        assert default in blocks[name][1], (name, default)

@@ -110,7 +110,8 @@ def smoothgrad(job: AttributionJob, *, base_method: str = "gradient", n_samples:
     attribution = attribution.astype(np.float32)
     display = inner.display if variant == "mean" else "max_abs"
     return MethodMaps(maps=to_map(attribution, display), attribution=attribution, logits=job.logits(),
-                      targets=targets, effective={"sigma": [float(s) for s in sigmas],
+                      targets=targets, per_image={"sigma": sigmas.astype(np.float64)},
+                      effective={"sigma": [float(s) for s in sigmas],
                                                   "base_options": _described(options),
                                                   "var_estimator": "biased (divides by n_samples)"
                                                   if variant == "var" else None})

@@ -127,7 +127,9 @@ def sidecar(result: AttributionResult, i: int, files: list[str], percentile: flo
     return {
         "gradsight_version": __version__,
         "method": result.method,
-        "options": _jsonable(result.options),
+        # An option with one value per input (SmoothGrad's sigma): this input's own.
+        "options": _jsonable({k: result.per_image[k][i] if k in result.per_image else v
+                              for k, v in result.options.items()}),
         "description": describe(result),
         "framework": result.framework,
         "model": result.model_name,
