@@ -16,7 +16,8 @@ name's preprocessing feeds it (a framework model: its declared input, else 224 x
 
 Names: ``efficientnet_lite0`` (the embedded default), ``resnet50``, any torchvision classifier as
 ``torchvision:NAME`` and any timm model as ``timm:NAME`` (a bare name is looked up in both); Keras models as
-``keras:resnet50``, ``keras:seed-cnn`` or ``keras:NAME`` of keras.applications; the seed CNNs ``seed-cnn`` and
+``keras:resnet50``, ``keras:seed-cnn``, ``keras:efficientnet_lite0`` (the embedded model converted to Keras, its
+weights included) or ``keras:NAME`` of keras.applications; the seed CNNs ``seed-cnn`` and
 ``seed-cnn-torch``; and ``package.module:factory``, a function called with no arguments (see ``factory``).
 Weights never download unless ``download=True``; ``weights=FILE`` loads a local state dict with
 ``weights_only=True``. One name is one network: with or without ``architecture_only`` a name builds the same

@@ -1,4 +1,5 @@
-"""Named Keras models: the seed CNN and keras.applications classifiers, offline first.
+"""Named Keras models: the seed CNN, the embedded EfficientNet-Lite0 converted, and keras.applications
+classifiers, offline first.
 
 Example:
     >>> model = load_keras_model("keras:seed-cnn")                          # doctest: +SKIP
@@ -159,8 +160,9 @@ def _names_for(classes: int):
 
 def load_keras_model(name: str, *, weights: str | Path | None = None, download: bool = False,
                      architecture_only: bool = False) -> LoadedModel:
-    """``keras:seed-cnn``, ``keras:resnet50`` (with its "caffe" preprocessing) or ``keras:NAME`` of
-    keras.applications. ``architecture_only`` skips weights (enough for receptive fields)."""
+    """``keras:seed-cnn``, ``keras:efficientnet_lite0`` (the embedded model converted, see twin.py),
+    ``keras:resnet50`` (with its "caffe" preprocessing) or ``keras:NAME`` of keras.applications.
+    ``architecture_only`` skips weights (enough for receptive fields)."""
     keras = import_keras()
     base = name.split(":", 1)[1] if ":" in name else name
     if base == "seed-cnn":
@@ -171,11 +173,19 @@ def load_keras_model(name: str, *, weights: str | Path | None = None, download: 
             source = f"file: {weights}"
         prep = plain_preprocess(SEED_INPUT[0])
         return LoadedModel(model, ModelSpec(name, "keras", prep, None, source, SEED_INPUT))
+    if base == "efficientnet_lite0":  # the embedded model, converted: offline, with its real weights
+        from ..torch.models import load_torch_model
+        from .twin import efficientnet_lite0_as_keras
+
+        source = load_torch_model(base, weights=weights, architecture_only=architecture_only)
+        spec = source.spec
+        return LoadedModel(efficientnet_lite0_as_keras(source.module), ModelSpec(
+            name, "keras", spec.preprocess, spec.class_names, f"{spec.weights}, converted to Keras", spec.input_shape))
     apps = {n.lower(): getattr(keras.applications, n) for n in dir(keras.applications)
             if n[:1].isupper() and callable(getattr(keras.applications, n))}
     key = base.lower().replace("_", "").replace("-", "")
     if key not in apps:
-        raise UnknownNameError("Keras application", base, ["seed-cnn", *apps])
+        raise UnknownNameError("Keras application", base, ["seed-cnn", "efficientnet_lite0", *apps])
     model = apps[key](weights=None)
     source = "random (architecture only)"
     if not architecture_only:
