@@ -72,3 +72,19 @@ def _resnet_like(torchvision):
     net = torchvision.models.resnet18()
     net.conv_stem, net.bn1, net.blocks = net.conv1, net.bn1, []
     return net
+
+
+def test_both_frameworks_trace_the_same_receptive_fields(twin, embedded):
+    # Two independent traces (PyTorch's module calls, Keras' layer configurations) of the one network: every
+    # convolution has the same size, stride, padding and unit rectangles in both.
+    torch_fields = gradsight.receptive_field(embedded)
+    keras_fields = gradsight.receptive_field(twin)
+    convolutions = [layer for layer in torch_fields.layers if layer.kind in ("Conv2d", "Conv2dSame")]
+    assert len(convolutions) == 1 + 2 + 15 * 3 + 1  # stem, the separable block, 15 inverted residuals, head
+    for layer in convolutions:
+        other = keras_fields[layer.name.replace(".", "_")]
+        assert (other.size, other.stride, other.padding) == (layer.size, layer.stride, layer.padding), layer.name
+        assert other.spatial_shape == layer.spatial_shape
+        rows, cols = layer.spatial_shape
+        for unit in ((0, 0), (rows // 2, cols // 2), (rows - 1, cols - 1)):
+            assert other.rect(unit) == layer.rect(unit), (layer.name, unit)
