@@ -160,7 +160,8 @@ def _names_for(classes: int):
 
 def load_keras_model(name: str, *, weights: str | Path | None = None, download: bool = False,
                      architecture_only: bool = False) -> LoadedModel:
-    """``keras:seed-cnn``, ``keras:efficientnet_lite0`` (the embedded model converted, see twin.py),
+    """``keras:seed-cnn``, ``keras:efficientnet_lite0`` (the embedded model converted, see twin.py; its
+    ``weights`` are a PyTorch state dict of tf_efficientnet_lite0, read before the conversion),
     ``keras:resnet50`` (with its "caffe" preprocessing) or ``keras:NAME`` of keras.applications.
     ``architecture_only`` skips weights (enough for receptive fields)."""
     keras = import_keras()
