@@ -133,7 +133,9 @@ def test_functional_and_smooth_activations_are_refused_by_name():
             return self.head(self.relu(self.act(self.conv(x))).mean((2, 3)))
 
     disguises = [("clamp", lambda t: t.clamp(min=0)), ("clamp_min", lambda t: torch.clamp_min(t, 0.0)),
-                 ("clamp", lambda t: torch.clamp(t, 0, 6)), ("maximum", lambda t: torch.maximum(t, torch.zeros(())))]
+                 ("clamp", lambda t: torch.clamp(t, 0, 6)), ("maximum", lambda t: torch.maximum(t, torch.zeros(()))),
+                 ("gt", lambda t: torch.where(t > 0, t, 0.0)), ("gt", lambda t: t * (t > 0)),
+                 ("_prelu_kernel", nn.PReLU(4)), ("rrelu", nn.RReLU())]
     for op, relu in disguises:
         with pytest.raises(BadInputError, match=f"functions in forward.*{op}"):
             modified_copy(Clamped(relu), "deconvnet", probe=probe)

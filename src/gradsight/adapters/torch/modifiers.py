@@ -40,10 +40,15 @@ avoid_triton_tensorflow_clash("torch")
 _SMOOTH = (nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.ELU, nn.SELU, nn.CELU, nn.Softplus)
 _SMOOTH_OPS = {"silu", "silu_", "gelu", "gelu_", "hardswish", "hardswish_", "mish", "mish_", "elu", "elu_",
                "softplus"}
-_RELU_OPS = {"relu", "relu_", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "relu6", "threshold"}
-# A ReLU written as a clamp or a maximum: ``x.clamp(min=0)``, ``torch.clamp_min(x, 0)``, ``torch.maximum(x, 0)``.
+# ReLU-family operations the rules cannot modify when they run outside a replaced module (PReLU and RReLU have no
+# guided or deconvnet rule at all).
+_RELU_OPS = {"relu", "relu_", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "relu6", "threshold",
+             "threshold_", "prelu", "_prelu_kernel", "rrelu", "rrelu_", "rrelu_with_noise", "rrelu_with_noise_"}
+# A ReLU written otherwise: ``x.clamp(min=0)``, ``torch.clamp_min(x, 0)``, ``torch.maximum(x, zeros)``,
+# ``torch.where(x > 0, x, 0)``, ``x * (x > 0)``: a clamp at 0, a maximum with 0, a comparison with 0.
 _CLAMP_OPS = {"clamp", "clamp_", "clamp_min", "clamp_min_"}
 _MAXIMUM_OPS = {"maximum", "fmax"}
+_COMPARISON_OPS = {"gt", "ge", "lt", "le", "gt_", "ge_", "lt_", "le_"}
 
 
 def _is_zero(value) -> bool:
@@ -53,12 +58,15 @@ def _is_zero(value) -> bool:
 
 
 def _relu_in_disguise(op: str, args, kwargs) -> bool:
-    """A clamp whose lower bound is 0, or a maximum with zeros: a ReLU (or ReLU6) applied as a function."""
+    """A clamp whose lower bound is 0, a maximum with zeros, or a comparison with 0 (the gate of a ReLU written
+    as ``where`` or a product): a ReLU (or ReLU6) applied as a function."""
     if op in _CLAMP_OPS:
         low = args[1] if len(args) > 1 else kwargs.get("min")
         return _is_zero(low)
     if op in _MAXIMUM_OPS:
         return any(_is_zero(a) for a in args[:2])
+    if op in _COMPARISON_OPS:
+        return len(args) > 1 and _is_zero(args[1])
     return False
 
 
