@@ -398,6 +398,15 @@ def test_relus_hidden_in_layer_code_are_refused():
     swish = conv_net("relu", extra=L.Lambda(lambda t: t * tf.sigmoid(t), name="swish_by_hand"))
     with pytest.raises(BadInputError, match="Sigmoid.*swish_by_hand"):
         modified_copy(swish, "guided")
+    # ReLUs written as a maximum or clip at 0, or gated by a comparison with 0; gates at other values pass.
+    for name, gate in [("maximum", lambda t: keras.ops.maximum(t, 0.0)),
+                       ("clip", lambda t: keras.ops.clip(t, 0.0, 6.0)),
+                       ("where", lambda t: keras.ops.where(t > 0, t, 0.0)),
+                       ("product", lambda t: t * keras.ops.cast(t >= 0, "float32"))]:
+        with pytest.raises(BadInputError, match=f"ReLUs inside a Lambda.*{name}"):
+            modified_copy(conv_net("relu", extra=L.Lambda(gate, name=name)), "guided")
+    for name, other in [("shift", lambda t: t + 1.0), ("floor", lambda t: keras.ops.maximum(t, 1.0))]:
+        assert modified_copy(conv_net("relu", extra=L.Lambda(other, name=name)), "deconvnet") is not None
 
 
 def test_a_model_without_relu_is_refused():

@@ -35,6 +35,10 @@ from .scores import is_softmax, is_softmax_operation
 _SCOPE = "gradsight_rule"  # name scope of the rule's own forward ops: the graph check skips them
 _IN_SCOPE = re.compile(rf"{_SCOPE}(_\d+)?")
 _RELU_OPS = {"Relu", "Relu6", "LeakyRelu"}
+# A ReLU written otherwise (keras.ops.maximum(x, 0), ops.clip(x, 0, 6), ops.where(x > 0, x, 0)): a maximum with 0,
+# a clip at 0 or a comparison with 0.
+_GATE_OPS = {"Maximum": (0, 1), "ClipByValue": (1,), "Greater": (1,), "GreaterEqual": (1,), "Less": (1,),
+             "LessEqual": (1,)}
 _SMOOTH_OPS = {"Elu", "Selu", "Sigmoid", "Tanh", "Softplus", "Softsign", "Erf", "LogSoftmax", "Softmax"}
 _ALIASES = {"silu": "silu (swish)", "hard_silu": "hard_silu (hard_swish)"}
 
@@ -213,10 +217,22 @@ def _forward_ops(model) -> list:
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in model.inputs]
     graph = tf.function(lambda *x: model(x[0] if len(x) == 1 else list(x), training=False)) \
         .get_concrete_function(*specs).graph
-    ops = [(op.type, op.name) for op in graph.get_operations()]
+    ops = [("Relu" if _gates_at_zero(op) else op.type, op.name) for op in graph.get_operations()]
     for function in graph.as_graph_def().library.function:
         ops += [(node.op, f"{function.signature.name}/{node.name}") for node in function.node_def]
     return ops
+
+
+def _gates_at_zero(op) -> bool:
+    """A maximum, clip or comparison of a tensor with a constant 0: the gate of a ReLU written as ops."""
+    if op.type not in _GATE_OPS:
+        return False
+    for i in _GATE_OPS[op.type]:
+        if i < len(op.inputs):
+            value = tf.get_static_value(op.inputs[i])
+            if value is not None and np.size(value) > 0 and bool(np.all(value == 0)):
+                return True
+    return False
 
 
 # Keras layers that compute no activation besides their `activation` attribute (which the scan reads).
