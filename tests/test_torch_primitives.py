@@ -135,12 +135,16 @@ def test_functional_and_smooth_activations_are_refused_by_name():
     disguises = [("clamp", lambda t: t.clamp(min=0)), ("clamp_min", lambda t: torch.clamp_min(t, 0.0)),
                  ("clamp", lambda t: torch.clamp(t, 0, 6)), ("maximum", lambda t: torch.maximum(t, torch.zeros(()))),
                  ("gt", lambda t: torch.where(t > 0, t, 0.0)), ("gt", lambda t: t * (t > 0)),
-                 ("_prelu_kernel", nn.PReLU(4)), ("rrelu", nn.RReLU())]
+                 ("_prelu_kernel", lambda t: torch.nn.functional.prelu(t, torch.full((1,), 0.1)))]
     for op, relu in disguises:
         with pytest.raises(BadInputError, match=f"functions in forward.*{op}"):
             modified_copy(Clamped(relu), "deconvnet", probe=probe)
-    # A clamp at another bound is not a ReLU: the copy is made.
-    assert modified_copy(Clamped(lambda t: t.clamp(min=-1.0)), "guided", probe=probe) is not None
+    for module in (nn.PReLU(4), nn.RReLU()):  # no guided or deconvnet rule exists for them
+        with pytest.raises(BadInputError, match=f"{type(module).__name__}, which has no guided rule"):
+            modified_copy(Clamped(module), "guided", probe=probe)
+    # A clamp at another bound, or to [0, 1] (an input range, not a ReLU), is not a ReLU: the copy is made.
+    for other in (lambda t: t.clamp(min=-1.0), lambda t: t.clamp(0.0, 1.0)):
+        assert modified_copy(Clamped(other), "guided", probe=probe) is not None
     smooth = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(BadInputError, match="SiLU"):
         modified_copy(smooth, "guided")

@@ -61,7 +61,8 @@ class AttributionResult(ClassScores):
     ``maps`` (N, H, W) is what is displayed; ``attribution`` (N, H, W, C) the raw per-channel values of pixel
     methods (None otherwise); ``layer_maps`` (N, h, w) a CAM method's map at its layer's resolution.
     ``method`` and ``options`` (every effective option, defaults included) say exactly what was computed;
-    ``per_image`` holds named per-input diagnostics (Integrated Gradients' completeness gap).
+    ``per_image`` holds named per-input values: diagnostics (Integrated Gradients' completeness gap) and options that
+    differ per input (SmoothGrad's sigma).
     """
 
     maps: np.ndarray

@@ -236,6 +236,47 @@ def test_other_threads_run_their_models_as_usual_while_a_trace_is_under_way():
         np.testing.assert_allclose(ours.numpy(), model(batch).numpy(), rtol=0, atol=1e-5)
 
 
+class PausesBeforeItsBlock(nn.Module):
+    """While torch.fx traces it, lets another thread act before its block (a module with children) is traced."""
+
+    def __init__(self, inner: nn.Module, tracing: threading.Event, resume: threading.Event):
+        super().__init__()
+        self.inner, self.tracing, self.resume = inner, tracing, resume
+
+    def forward(self, x):
+        if isinstance(x, fx.Proxy):
+            self.tracing.set()
+            assert self.resume.wait(20)
+        return self.inner(x)
+
+
+def test_a_hook_another_thread_puts_on_the_copy_mid_trace_never_sees_the_trace():
+    # The folded copy is shared (the explorer's threads put hooks on its blocks for unit gradients): the trace
+    # must not run them with its proxies, and they must not break the trace.
+    tracing, resume = threading.Event(), threading.Event()
+    model = PausesBeforeItsBlock(_model(0), tracing, resume).eval()
+    x = torch.randn(1, 3, 32, 32)
+    seen, handles = [], []
+
+    def meanwhile():
+        assert tracing.wait(20)
+        handles.append(model.inner.register_forward_hook(lambda m, a, out: seen.append(type(out))))
+        with torch.no_grad():
+            model(x)
+        resume.set()
+
+    worker = threading.Thread(target=meanwhile)
+    worker.start()
+    try:
+        traced = incremental.traced_graph(model)
+    finally:
+        worker.join()
+        for handle in handles:
+            handle.remove()
+    assert seen == [torch.Tensor] and traced is not None
+    assert any(node.op == "call_module" and node.target == "inner.stem" for node in traced[0].nodes)
+
+
 def test_any_thread_may_trace_and_the_trace_is_kept_once():
     model, seen = _model(), []
     workers = [threading.Thread(target=lambda: seen.append(incremental.traced_graph(model))) for _ in range(3)]
@@ -359,3 +400,17 @@ def test_a_finished_tracer_passes_every_call_through(monkeypatch):
         out = tracers[0].call_module(model.stem, model.stem, (x,), {})
         np.testing.assert_array_equal(out.numpy(), model.stem(x).numpy())
     assert tracers[0].getattr("weight", model.stem.weight, {}) is model.stem.weight
+
+
+def test_a_trace_asked_for_during_this_threads_own_trace_is_refused_not_waited_for():
+    inner, asked = _model(1), []
+
+    class AsksMidTrace(nn.Module):
+        def forward(self, x):
+            asked.append(incremental.traced_graph(inner))
+            return x * 2
+
+    worker = threading.Thread(target=lambda: incremental.traced_graph(AsksMidTrace()), daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive() and asked == [None]  # a plain Lock taken twice by one thread would hang here

@@ -34,7 +34,7 @@ class MethodMaps:
     ``attribution`` (N, H, W, C): the raw per-channel attribution of pixel methods (None for CAM methods).
     ``maps`` (N, H, W): the displayed map. ``layer_maps`` (N, h, w): CAM maps at the layer's resolution.
     ``logits``/``targets``: the scores and explained classes, when the method computed them on the way.
-    ``per_image``: named per-input diagnostics (e.g. Integrated Gradients' completeness gap), arrays of N.
+    ``per_image``: named per-input values (Integrated Gradients' completeness gap, SmoothGrad's sigma), arrays of N.
     ``effective``: options resolved at run time (a CAM layer found from the trace, an absolute noise sigma).
     """
 

@@ -36,7 +36,8 @@ _SCOPE = "gradsight_rule"  # name scope of the rule's own forward ops: the graph
 _IN_SCOPE = re.compile(rf"{_SCOPE}(_\d+)?")
 _RELU_OPS = {"Relu", "Relu6", "LeakyRelu"}
 # A ReLU written otherwise (keras.ops.maximum(x, 0), ops.clip(x, 0, 6), ops.where(x > 0, x, 0)): a maximum with 0,
-# a clip at 0 or a comparison with 0.
+# a clip at 0 or a comparison with 0. Seen in the traced graph's own operations, not inside nested function
+# bodies (tf.cond / tf.while_loop in a custom layer), where only named ReLU operations are found.
 _GATE_OPS = {"Maximum": (0, 1), "ClipByValue": (1,), "Greater": (1,), "GreaterEqual": (1,), "Less": (1,),
              "LessEqual": (1,)}
 _SMOOTH_OPS = {"Elu", "Selu", "Sigmoid", "Tanh", "Softplus", "Softsign", "Erf", "LogSoftmax", "Softmax"}
@@ -217,7 +218,7 @@ def _forward_ops(model) -> list:
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in model.inputs]
     graph = tf.function(lambda *x: model(x[0] if len(x) == 1 else list(x), training=False)) \
         .get_concrete_function(*specs).graph
-    ops = [("Relu" if _gates_at_zero(op) else op.type, op.name) for op in graph.get_operations()]
+    ops = [(f"{op.type} with 0" if _gates_at_zero(op) else op.type, op.name) for op in graph.get_operations()]
     for function in graph.as_graph_def().library.function:
         ops += [(node.op, f"{function.signature.name}/{node.name}") for node in function.node_def]
     return ops
@@ -263,7 +264,7 @@ def _check_traced(copy, model, rule: str) -> None:
     for kind, name in _forward_ops(copy):
         if any(_IN_SCOPE.fullmatch(part) for part in name.split("/")):
             continue
-        if kind in _RELU_OPS:
+        if kind in _RELU_OPS or kind.endswith(" with 0"):
             relus.append(f"{kind} {name!r}")
         elif kind == "Softmax":
             softmaxes.append(f"{kind} {name!r}")

@@ -32,12 +32,17 @@ for good.
 torch.fx patches ``nn.Module.__call__`` and ``__getattr__`` for the whole process while it traces (once per
 folded copy, ~0.1 s). The tracer here records only the calls of the thread that traces: a module called meanwhile
 from any other thread (the same copy from the explorer's server, or any model of the user's) runs as it always
-does. Traces run one at a time, and not while some other torch.fx trace is under way (two tracers' patches would
-undo each other out of order); then occlusion runs whole passes.
+does. What is traced is a replica of the copy's module tree without hooks (same parameters and names), so a hook
+another thread puts on the shared copy meanwhile never sees the trace. Traces run one at a time, and not while
+some other torch.fx trace is under way: occlusion then runs whole passes. torch.fx keeps one record of its patches
+for the whole process, so a trace of the user's that starts in another thread during this one can still undo
+them out of order; the graph is then dropped (the next call traces again), and torch.fx may leave its wrappers
+installed, which then pass every call through.
 """
 
 from __future__ import annotations
 
+import copy
 import operator
 import threading
 from dataclasses import dataclass
@@ -268,23 +273,43 @@ def _another_fx_trace() -> bool:
     return getattr(getattr(fx, "_symbolic_trace", None), "CURRENT_PATCHER", None) is not None
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hookless_replica(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module``'s tree without hooks: the same parameters, buffers, attributes and names."""
+    replica = copy.copy(module)
+    for name in _HOOK_DICTS:
+        if name in module.__dict__:
+            replica.__dict__[name] = type(module.__dict__[name])()
+    replica.__dict__["_modules"] = {k: None if m is None else _hookless_replica(m) for k, m in module._modules.items()}
+    return replica
+
+
 def traced_graph(clone: nn.Module) -> tuple[fx.Graph, frozenset] | None:
     """``clone``'s torch.fx graph (leaves: modules without children) and the nodes whose tensors an in-place
     step edits later, kept on the copy; None where it cannot be traced (see the module's docstring)."""
     if "_gradsight_fx" not in clone.__dict__:
+        if _another_fx_trace():  # before the lock: a trace of this thread's own (nested) would wait forever
+            return None
         with _TRACE_LOCK:
             if "_gradsight_fx" in clone.__dict__:  # another thread traced it while this one waited
                 return clone.__dict__["_gradsight_fx"]
             if _another_fx_trace():
                 return None
-            clone.__dict__["_gradsight_fx"] = _trace(clone)
+            calls = (nn.Module.__call__, nn.Module.__getattr__)
+            traced = _trace(clone)
+            if _another_fx_trace() or (nn.Module.__call__, nn.Module.__getattr__) != calls:
+                return None  # another trace interleaved with this one (see the module's docstring)
+            clone.__dict__["_gradsight_fx"] = traced
     return clone.__dict__["_gradsight_fx"]
 
 
 def _trace(clone: nn.Module) -> tuple[fx.Graph, frozenset] | None:
     tracer = _Leaves()
     try:
-        graph = tracer.trace(clone)
+        graph = tracer.trace(_hookless_replica(clone))
     except Exception:  # noqa: BLE001 - torch.fx refuses control flow on values, among much else
         return None
     finally:

@@ -60,9 +60,10 @@ def _is_zero(value) -> bool:
 def _relu_in_disguise(op: str, args, kwargs) -> bool:
     """A clamp whose lower bound is 0, a maximum with zeros, or a comparison with 0 (the gate of a ReLU written
     as ``where`` or a product): a ReLU (or ReLU6) applied as a function."""
-    if op in _CLAMP_OPS:
+    if op in _CLAMP_OPS:  # [0, inf) or [0, 6]: a ReLU or ReLU6 (an input clamped to [0, 1] is not)
         low = args[1] if len(args) > 1 else kwargs.get("min")
-        return _is_zero(low)
+        high = args[2] if len(args) > 2 else kwargs.get("max")
+        return _is_zero(low) and (high is None or (not isinstance(high, torch.Tensor) and high == 6))
     if op in _MAXIMUM_OPS:
         return any(_is_zero(a) for a in args[:2])
     if op in _COMPARISON_OPS:
@@ -148,6 +149,11 @@ class _RuleOps(TorchDispatchMode):
 
 def _rule_copy(model: nn.Module, rule: str, probe: torch.Tensor | None) -> nn.Module:
     clone = copy.deepcopy(model).eval()
+    no_rule = sorted({type(m).__name__ for m in clone.modules() if isinstance(m, (nn.PReLU, nn.RReLU))})
+    if no_rule:
+        raise BadInputError("model", expected=f"ReLU, ReLU6 or LeakyReLU activations (the {rule} rule is defined "
+                            "for them)", got=f"{', '.join(no_rule)}, which has no {rule} rule",
+                            fix="use a method without modified ReLU rules (e.g. gradient, integrated_gradients)")
     smooth = sorted({type(m).__name__ for m in clone.modules() if isinstance(m, _SMOOTH)})
     if smooth:
         raise BadInputError("model", expected=f"ReLU-family activations for the {rule} rule (ReLU, ReLU6, "
@@ -173,8 +179,8 @@ def _rule_copy(model: nn.Module, rule: str, probe: torch.Tensor | None) -> nn.Mo
             calls = ", ".join(f"{op} x{n}" for op, n in sorted(mode.relu.items()))
             raise BadInputError("model", expected=f"ReLUs as nn.ReLU/nn.ReLU6/nn.LeakyReLU modules (the {rule} "
                                 "rule replaces modules)", got=f"ReLUs applied as functions in forward ({calls})",
-                                fix="replace F.relu/torch.relu (or a clamp at 0) in forward by nn.ReLU modules, or use "
-                                "another method")
+                                fix="write these ReLUs (F.relu, torch.relu, a clamp or maximum at 0, a gate on x > 0, "
+                                "F.prelu) as nn.ReLU/nn.ReLU6/nn.LeakyReLU modules, or use another method")
     if replaced == 0:
         raise BadInputError("model", expected=f"ReLU activations (the {rule} rule modifies their backward pass)",
                             got="a model with no ReLU, ReLU6 or LeakyReLU module",
