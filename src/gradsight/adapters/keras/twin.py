@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import BadInputError
+from ..torch.same_padding import is_timm_same_conv
 from .backend import import_keras
 
 
@@ -29,7 +30,7 @@ def _numpy(t) -> np.ndarray:
 
 def _same(conv) -> bool:
     """Whether a PyTorch convolution pads as TensorFlow's 'same'."""
-    if type(conv).__name__ == "Conv2dSame":
+    if is_timm_same_conv(conv):
         return True
     k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
     return s == (1, 1) and d == (1, 1) and all(ki % 2 == 1 and pi == (ki - 1) // 2 for ki, pi in zip(k, p))

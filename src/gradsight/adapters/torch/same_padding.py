@@ -39,7 +39,8 @@ def same_total(size: int, extent: int, stride: int) -> int:
     return max((math.ceil(size / stride) - 1) * stride + extent - size, 0)
 
 
-def _is_timm_same_conv(module: nn.Module) -> bool:
+def is_timm_same_conv(module: nn.Module) -> bool:
+    """Whether ``module`` is timm's Conv2dSame as timm wrote it (TensorFlow's SAME padding in its forward)."""
     cls = type(module)
     return (cls.__name__ == "Conv2dSame" and cls.__module__.startswith("timm.")
             and "forward" not in module.__dict__ and isinstance(module, nn.Conv2d))
@@ -81,7 +82,7 @@ class SamePaddedConv(PackedConv):
 
 def unpad_same_convs(root: nn.Module) -> list[str]:
     """Replace every timm ``Conv2dSame`` under ``root`` by a ``SamePaddedConv``; returns their names."""
-    swapped = [name for name, module in root.named_modules() if name and _is_timm_same_conv(module)]
+    swapped = [name for name, module in root.named_modules() if name and is_timm_same_conv(module)]
     for name in swapped:
         replace_submodule(root, name, SamePaddedConv(root.get_submodule(name)))
     return swapped
