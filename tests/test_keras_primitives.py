@@ -409,6 +409,47 @@ def test_relus_hidden_in_layer_code_are_refused():
         assert modified_copy(conv_net("relu", extra=L.Lambda(other, name=name)), "deconvnet") is not None
 
 
+class _Branches(L.Layer):
+    """``gate`` on one branch of a tf.cond, a shift on the other."""
+
+    def __init__(self, gate, **kwargs):
+        super().__init__(**kwargs)
+        self.gate = gate
+
+    def get_config(self):  # the function itself: copied in memory, never serialised
+        return {**super().get_config(), "gate": self.gate}
+
+    def call(self, x):
+        return tf.cond(tf.reduce_sum(x) > 1.0, lambda: self.gate(x), lambda: x + 1.0)
+
+
+class _Loop(L.Layer):
+    """``step`` applied in the body of a tf.while_loop whose integer counter runs down to 0."""
+
+    def __init__(self, step, **kwargs):
+        super().__init__(**kwargs)
+        self.step = step
+
+    def get_config(self):
+        return {**super().get_config(), "step": self.step}
+
+    def call(self, x):
+        return tf.while_loop(lambda i, y: i > 0, lambda i, y: (i - 1, self.step(y)), (tf.constant(2), x))[1]
+
+
+def test_relus_in_nested_function_bodies_are_refused():
+    # Gates inside a tf.cond branch or a tf.while_loop body are functions of their own in the traced graph.
+    for layer in [_Branches(lambda t: tf.maximum(t, 0.0), name="cond_max"),
+                  _Branches(lambda t: t * tf.cast(t > 0, t.dtype), name="cond_mask"),
+                  _Loop(lambda t: tf.clip_by_value(t, 0.0, 6.0), name="loop_clip")]:
+        with pytest.raises(BadInputError, match=f"ReLUs inside a Lambda.* with 0 .*{layer.name}"):
+            modified_copy(conv_net("relu", extra=layer), "guided")
+    # Not gates: a maximum at another value, and the loop's integer comparison of its counter with 0.
+    for layer in [_Branches(lambda t: tf.maximum(t, 1.0), name="cond_floor"),
+                  _Loop(lambda t: t * 0.5, name="loop_halve")]:
+        assert modified_copy(conv_net("relu", extra=layer), "deconvnet") is not None
+
+
 def test_a_model_without_relu_is_refused():
     inputs = keras.Input((4, 4, 3))
     model = keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling2D()(L.Conv2D(2, 3)(inputs))))
@@ -492,6 +533,15 @@ def test_linearised_copy_is_the_linear_closed_form():
     x = np.random.default_rng(4).normal(0, 1, (3, N_IN)).astype(np.float32)
     copy = modified_copy(model, "linearised")
     np.testing.assert_allclose(np.asarray(copy(x))[:, 0], x @ W.T @ V, rtol=1e-5, atol=1e-6)  # v . (W x)
+
+    # A Lambda keeps its live function (as torch's deepcopy keeps functional code): here a linear one, so the
+    # copy is affine: f(a) + f(b) = f(a + b) + f(0), which the ReLUs of the model itself break.
+    lam = conv_net("relu", extra=L.Lambda(lambda t: 2.0 * t - 1.0, name="lam"))
+    a, b = (np.random.default_rng(s).normal(0, 1, (2, 4, 4, 3)).astype(np.float32) for s in (5, 6))
+    for net, affine in ((modified_copy(lam, "linearised"), True), (lam, False)):
+        fa, fb, fab, f0 = (np.asarray(net(v), np.float64) for v in (a, b, a + b, np.zeros_like(a)))
+        gap = np.abs(fa + fb - fab - f0).max()
+        assert (gap < 1e-4) == affine, gap
 
 
 # --- reinit -----------------------------------------------------------------------------------------------
@@ -610,3 +660,30 @@ def test_seed_cnn_guided_and_deconvnet_equal_captum():
         ours = tape.gradient(total, xk).numpy()
         assert np.abs(expected).max() > 0
         np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_layers_keras_cannot_copy_are_refused_clearly():
+    class Scaled(L.Layer):  # no get_config: Keras's automatic config cannot hold the function argument
+        def __init__(self, scale_fn, **kwargs):
+            super().__init__(**kwargs)
+            self.scale_fn = scale_fn
+
+        def call(self, x):
+            return self.scale_fn(x)
+
+    class Forgetful(L.Layer):  # a get_config without the required argument: from_config fails
+        def __init__(self, factor, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def call(self, x):
+            return x * self.factor
+
+        def get_config(self):
+            return {"name": self.name, "trainable": self.trainable}
+
+    for layer in (Scaled(lambda t: 2.0 * t, name="scaled"), Forgetful(2.0, name="forgetful")):
+        for rule in ("guided", "linearised"):
+            with pytest.raises(BadInputError, match=f"layer '{layer.name}'.*a layer Keras can copy.*"
+                                                    f"{type(layer).__name__}: .+get_config"):
+                modified_copy(conv_net("relu", extra=layer), rule)

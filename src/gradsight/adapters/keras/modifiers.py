@@ -36,8 +36,9 @@ _SCOPE = "gradsight_rule"  # name scope of the rule's own forward ops: the graph
 _IN_SCOPE = re.compile(rf"{_SCOPE}(_\d+)?")
 _RELU_OPS = {"Relu", "Relu6", "LeakyRelu"}
 # A ReLU written otherwise (keras.ops.maximum(x, 0), ops.clip(x, 0, 6), ops.where(x > 0, x, 0)): a maximum with 0,
-# a clip at 0 or a comparison with 0. Seen in the traced graph's own operations, not inside nested function
-# bodies (tf.cond / tf.while_loop in a custom layer), where only named ReLU operations are found.
+# a clip at 0 or a comparison with 0, of floating-point tensors (an integer comparison is a loop counter's). Seen
+# in the traced graph and in the bodies of its nested functions (tf.cond / tf.while_loop in a custom layer), where
+# the 0 must be a constant of that body.
 _GATE_OPS = {"Maximum": (0, 1), "ClipByValue": (1,), "Greater": (1,), "GreaterEqual": (1,), "Less": (1,),
              "LessEqual": (1,)}
 _SMOOTH_OPS = {"Elu", "Selu", "Sigmoid", "Tanh", "Softplus", "Softsign", "Erf", "LogSoftmax", "Softmax"}
@@ -168,19 +169,27 @@ def _scan_activations(model, rule: str) -> int:
 def _clone_layer(layer):
     if isinstance(layer, keras.Model):  # Functional and Sequential ones are cloned by clone_model itself
         require_graph_model(layer, f"nested model {layer.name!r}")
-    config = layer.get_config()
+    return _rebuilt(layer)
+
+
+def _rebuilt(layer, edit=lambda config: config):
+    """A new layer of ``layer``'s class from its config (changed by ``edit``), or one clear error. A Lambda
+    keeps its live function: from_config would rebuild it from its bytecode, which safe mode refuses."""
     if type(layer) is keras.layers.Lambda:
-        # from_config would rebuild the function from its bytecode (refused in safe mode): reuse the live one
-        shape = config.get("output_shape")
+        shape = layer.get_config().get("output_shape")
         return keras.layers.Lambda(layer.function, output_shape=None if isinstance(shape, dict) else shape,
                                    mask=layer.mask, arguments=layer.arguments, name=layer.name,
                                    dtype=layer.dtype_policy)
     try:
+        # (get_config raises too: Keras's automatic config cannot hold an __init__ argument such as a function)
+        config = edit(layer.get_config())
         # the layer's own initializers, regularizers, constraints and activations, registered or not
         with keras.saving.custom_object_scope(_custom_objects(layer)):
             return layer.__class__.from_config(config)
     except (TypeError, ValueError, NotImplementedError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0].split(" using config=")[0][:200]
+        # the first paragraph of Keras's message, which may start on its second line and wrap
+        paragraph = " ".join(line.strip() for line in str(err).strip().split("\n\n")[0].splitlines())
+        reason = (paragraph or type(err).__name__).split(" using config=")[0][:300].rstrip(".")
         raise BadInputError(f"layer {layer.name!r}", expected="a layer Keras can copy (get_config / from_config)",
                             got=f"{type(layer).__name__}: {reason}",
                             fix="give the layer a get_config() that lists its __init__ arguments") from None
@@ -220,20 +229,30 @@ def _forward_ops(model) -> list:
         .get_concrete_function(*specs).graph
     ops = [(f"{op.type} with 0" if _gates_at_zero(op) else op.type, op.name) for op in graph.get_operations()]
     for function in graph.as_graph_def().library.function:
-        ops += [(node.op, f"{function.signature.name}/{node.name}") for node in function.node_def]
+        constants = {node.name: tf.make_ndarray(node.attr["value"].tensor)
+                     for node in function.node_def if node.op == "Const"}
+        ops += [(f"{node.op} with 0" if _body_gates_at_zero(node, constants) else node.op,
+                 f"{function.signature.name}/{node.name}") for node in function.node_def]
     return ops
 
 
 def _gates_at_zero(op) -> bool:
-    """A maximum, clip or comparison of a tensor with a constant 0: the gate of a ReLU written as ops."""
-    if op.type not in _GATE_OPS:
+    """A maximum, clip or comparison of a float tensor with a constant 0: the gate of a ReLU written as ops."""
+    if op.type not in _GATE_OPS or not op.inputs[0].dtype.is_floating:
         return False
-    for i in _GATE_OPS[op.type]:
-        if i < len(op.inputs):
-            value = tf.get_static_value(op.inputs[i])
-            if value is not None and np.size(value) > 0 and bool(np.all(value == 0)):
-                return True
-    return False
+    return any(_all_zero(tf.get_static_value(op.inputs[i])) for i in _GATE_OPS[op.type] if i < len(op.inputs))
+
+
+def _body_gates_at_zero(node, constants: dict) -> bool:
+    """``_gates_at_zero`` for a node of a nested function body (a NodeDef: inputs by name, "node:output:index")."""
+    if node.op not in _GATE_OPS or not tf.dtypes.as_dtype(node.attr["T"].type).is_floating:
+        return False
+    return any(_all_zero(constants.get(node.input[i].split(":")[0]))
+               for i in _GATE_OPS[node.op] if i < len(node.input))
+
+
+def _all_zero(value) -> bool:
+    return value is not None and np.size(value) > 0 and bool(np.all(value == 0))
 
 
 # Keras layers that compute no activation besides their `activation` attribute (which the scan reads).
@@ -313,19 +332,22 @@ def _rule_copy(model, rule: str, probe) -> keras.Model:
 
 
 def _linear_layer(layer):
-    config = layer.get_config()
     if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU, keras.layers.Softmax,
                           keras.layers.Activation)):
         return keras.layers.Activation("linear", name=layer.name)
-    if isinstance(layer, keras.layers.MaxPooling2D):
-        return keras.layers.AveragePooling2D(pool_size=config["pool_size"], strides=config["strides"],
-                                             padding=config["padding"], name=layer.name)
-    if isinstance(layer, keras.layers.MaxPooling1D):
-        return keras.layers.AveragePooling1D(pool_size=config["pool_size"], strides=config["strides"],
-                                             padding=config["padding"], name=layer.name)
-    if "activation" in config and config["activation"] not in ("linear", None):
-        config["activation"] = "linear"
-    return layer.__class__.from_config(config)
+    for pooling, average in ((keras.layers.MaxPooling2D, keras.layers.AveragePooling2D),
+                             (keras.layers.MaxPooling1D, keras.layers.AveragePooling1D)):
+        if isinstance(layer, pooling):
+            config = layer.get_config()
+            return average(pool_size=config["pool_size"], strides=config["strides"], padding=config["padding"],
+                           name=layer.name)
+
+    def linear(config):
+        if "activation" in config and config["activation"] not in ("linear", None):
+            config["activation"] = "linear"
+        return config
+
+    return _rebuilt(layer, linear)
 
 
 def linearised_copy(model: keras.Model) -> keras.Model:
