@@ -192,3 +192,20 @@ def test_reinit_redraws_exactly_the_named_layers_reproducibly(cnn):
         elif not key.startswith(("7.", "8.")):
             assert not changed
     assert torch.equal(a[8].running_var, torch.ones(16)) and torch.equal(a[8].weight, torch.ones(16))
+
+
+def test_a_model_that_cannot_be_copied_is_refused_clearly():
+    import threading
+
+    class Locked(nn.Sequential):  # a lock among its attributes: copy.deepcopy raises TypeError
+        def __init__(self):
+            super().__init__(nn.Conv2d(3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 2))
+            self.lock = threading.Lock()
+
+    model = Locked()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for rule, extra in (("guided", {}), ("deconvnet", {}), ("linearised", {}), ("reinit", {"layers": ["0"]})):
+        with pytest.raises(BadInputError, match="a model copy.deepcopy can copy.*TypeError: .*lock"):
+            modified_copy(model, rule, **extra)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert model(torch.ones(1, 3, 4, 4)).shape == (1, 2)  # still the user's working model

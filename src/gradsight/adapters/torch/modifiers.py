@@ -147,8 +147,20 @@ class _RuleOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _private_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode, which the modified copies change; one clear error when the model
+    holds something that cannot be copied (a lock, an open file, a generator)."""
+    try:
+        return copy.deepcopy(model).eval()
+    except Exception as err:  # deepcopy raises whatever the object's own copying raises
+        raise BadInputError("model", expected="a model copy.deepcopy can copy (gradsight changes a private copy, "
+                            "never your model)", got=f"{type(err).__name__}: {str(err)[:200]}",
+                            fix="keep objects that cannot be copied (locks, files, generators) out of the model's "
+                                "attributes, or give that class a __deepcopy__") from None
+
+
 def _rule_copy(model: nn.Module, rule: str, probe: torch.Tensor | None) -> nn.Module:
-    clone = copy.deepcopy(model).eval()
+    clone = _private_copy(model)
     no_rule = sorted({type(m).__name__ for m in clone.modules() if isinstance(m, (nn.PReLU, nn.RReLU))})
     if no_rule:
         raise BadInputError("model", expected=f"ReLU, ReLU6 or LeakyReLU activations (the {rule} rule is defined "
@@ -251,7 +263,7 @@ def _reinit_copy(model: nn.Module, layers: Sequence, seed: int) -> nn.Module:
                                 else f"{type(target).__name__} whose parameters no reset_parameters reaches "
                                 f"({', '.join(bare[:3])}{' ...' if len(bare) > 3 else ''})",
                                 fix="pick a layer with weights")
-    clone = copy.deepcopy(model).eval()
+    clone = _private_copy(model)
     with torch.random.fork_rng(devices=[]):  # the user's global random state is left as it was
         for name in names:
             for path, module in _resettable(clone.get_submodule(name) if name else clone, name):
@@ -317,7 +329,7 @@ class _DilatedMean(nn.Module):
 def linearised_copy(model: nn.Module) -> nn.Module:
     """A copy whose activations are identities and whose max-pools average: gradients then reach every pixel
     a unit is wired to, whatever the input (no dead ReLUs, no max-pool routing)."""
-    clone = copy.deepcopy(model).eval()
+    clone = _private_copy(model)
     for name, module in list(clone.named_modules()):
         replacement = None
         if isinstance(module, ACTIVATIONS):
