@@ -5,6 +5,7 @@ f(x) = v . relu(W x), hand-computed ReLU6 / LeakyReLU numbers, the layers' own i
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -13,6 +14,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from gradsight.adapters.keras import modifiers as keras_modifiers  # noqa: E402
 from gradsight.adapters.keras.gradients import layer_gradient, predict  # noqa: E402
 from gradsight.adapters.keras.modifiers import modified_copy  # noqa: E402
 from gradsight.errors import BadInputError, UnknownNameError  # noqa: E402
@@ -437,17 +439,37 @@ class _Loop(L.Layer):
         return tf.while_loop(lambda i, y: i > 0, lambda i, y: (i - 1, self.step(y)), (tf.constant(2), x))[1]
 
 
-def test_relus_in_nested_function_bodies_are_refused():
+@pytest.mark.parametrize("read", ["function graphs", "node definitions"])
+def test_relus_in_nested_function_bodies_are_refused(read, monkeypatch):
     # Gates inside a tf.cond branch or a tf.while_loop body are functions of their own in the traced graph.
+    # They are read from the functions' graphs, or from their node definitions when no graph is at hand.
+    if read == "node definitions":
+        monkeypatch.setattr(keras_modifiers, "_function_graphs", lambda graph: {})
     for layer in [_Branches(lambda t: tf.maximum(t, 0.0), name="cond_max"),
                   _Branches(lambda t: t * tf.cast(t > 0, t.dtype), name="cond_mask"),
+                  _Branches(lambda t: t * tf.cast(tf.less(0.0, t), t.dtype), name="cond_zero_first"),
                   _Loop(lambda t: tf.clip_by_value(t, 0.0, 6.0), name="loop_clip")]:
         with pytest.raises(BadInputError, match=f"ReLUs inside a Lambda.* with 0 .*{layer.name}"):
             modified_copy(conv_net("relu", extra=layer), "guided")
     # Not gates: a maximum at another value, and the loop's integer comparison of its counter with 0.
-    for layer in [_Branches(lambda t: tf.maximum(t, 1.0), name="cond_floor"),
-                  _Loop(lambda t: t * 0.5, name="loop_halve")]:
+    accepted = [_Branches(lambda t: tf.maximum(t, 1.0), name="cond_floor"),
+                _Loop(lambda t: t * 0.5, name="loop_halve")]
+    if read == "function graphs":  # a scalar compared with 0 is a predicate (seen only with shapes)
+        accepted += [_Branches(lambda t: tf.cond(tf.reduce_sum(t) > 0.0, lambda: t, lambda: -t), name="inner"),
+                     _Branches(lambda t: t * tf.cast(tf.reduce_max(t) > 0.0, t.dtype), name="scalar_gate")]
+    for layer in accepted:
         assert modified_copy(conv_net("relu", extra=layer), "deconvnet") is not None
+
+
+def test_a_scalar_compared_with_0_is_a_predicate_not_a_relu():
+    class Signed(L.Layer):  # the branch taken depends on a scalar's sign: no unit is gated by its own value
+        def call(self, x):
+            return tf.cond(tf.reduce_mean(x) > 0.0, lambda: 2.0 * x, lambda: x)
+
+    assert modified_copy(conv_net("relu", extra=Signed(name="signed")), "guided") is not None
+    with pytest.raises(BadInputError, match="Less with 0 .*zero_first"):  # 0 < t: a gate with 0 on the left
+        modified_copy(conv_net("relu", extra=L.Lambda(lambda t: t * tf.cast(tf.less(0.0, t), t.dtype),
+                                                      name="zero_first")), "guided")
 
 
 def test_a_model_without_relu_is_refused():
@@ -682,8 +704,29 @@ def test_layers_keras_cannot_copy_are_refused_clearly():
         def get_config(self):
             return {"name": self.name, "trainable": self.trainable}
 
-    for layer in (Scaled(lambda t: 2.0 * t, name="scaled"), Forgetful(2.0, name="forgetful")):
+    class Popping(Forgetful):  # a from_config that reads a key get_config never wrote: KeyError
+        @classmethod
+        def from_config(cls, config):
+            return cls(config.pop("factor"), **config)
+
+    class Typo(Forgetful):  # a get_config with a typo: AttributeError
+        def get_config(self):
+            return {"name": self.name, "factor": self.facter}
+
+    class Doubling(L.Lambda):  # a Lambda subclass: rebuilt from config, whose function safe mode refuses
+        def __init__(self, **kwargs):
+            super().__init__(lambda t: 2.0 * t, **kwargs)
+
+    cases = [(Scaled(lambda t: 2.0 * t, name="scaled"), "Scaled: Object Scaled was created by passing "
+              "non-serializable argument values", "get_config"),
+             (Forgetful(2.0, name="forgetful"), "Forgetful: .*missing 1 required positional argument: 'factor'",
+              "get_config"),
+             (Popping(2.0, name="popping"), "Popping: 'factor'", "get_config"),
+             (Typo(2.0, name="typo"), "Typo: .*has no attribute 'facter'", "get_config"),
+             (Doubling(name="doubling"), "Doubling: .*lambda", "keras.layers.Lambda itself")]
+    for layer, got, fix in cases:
         for rule in ("guided", "linearised"):
-            with pytest.raises(BadInputError, match=f"layer '{layer.name}'.*a layer Keras can copy.*"
-                                                    f"{type(layer).__name__}: .+get_config"):
+            with pytest.raises(BadInputError, match=f"layer '{layer.name}'.*a layer Keras can copy") as err:
                 modified_copy(conv_net("relu", extra=layer), rule)
+            assert re.match(got, err.value.got), err.value.got
+            assert fix in err.value.fix

@@ -207,5 +207,12 @@ def test_a_model_that_cannot_be_copied_is_refused_clearly():
     for rule, extra in (("guided", {}), ("deconvnet", {}), ("linearised", {}), ("reinit", {"layers": ["0"]})):
         with pytest.raises(BadInputError, match="a model copy.deepcopy can copy.*TypeError: .*lock"):
             modified_copy(model, rule, **extra)
+    # A hook that kept an output with its autograd history: torch refuses to copy that tensor.
+    kept = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 2))
+    kept[0].register_forward_hook(lambda module, args, out: setattr(module, "last", out))
+    kept(torch.ones(1, 3, 4, 4))
+    with pytest.raises(BadInputError, match=r"RuntimeError: Only Tensors created explicitly by the user.*"
+                                            r"\.detach\(\)"):
+        modified_copy(kept, "guided")
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert model(torch.ones(1, 3, 4, 4)).shape == (1, 2)  # still the user's working model

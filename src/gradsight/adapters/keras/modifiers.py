@@ -36,11 +36,12 @@ _SCOPE = "gradsight_rule"  # name scope of the rule's own forward ops: the graph
 _IN_SCOPE = re.compile(rf"{_SCOPE}(_\d+)?")
 _RELU_OPS = {"Relu", "Relu6", "LeakyRelu"}
 # A ReLU written otherwise (keras.ops.maximum(x, 0), ops.clip(x, 0, 6), ops.where(x > 0, x, 0)): a maximum with 0,
-# a clip at 0 or a comparison with 0, of floating-point tensors (an integer comparison is a loop counter's). Seen
-# in the traced graph and in the bodies of its nested functions (tf.cond / tf.while_loop in a custom layer), where
-# the 0 must be a constant of that body.
-_GATE_OPS = {"Maximum": (0, 1), "ClipByValue": (1,), "Greater": (1,), "GreaterEqual": (1,), "Less": (1,),
-             "LessEqual": (1,)}
+# a clip at 0 or a comparison with 0 (on either side) of a floating-point tensor that is not a scalar (an integer
+# comparison is a loop counter's, a scalar one a predicate). Seen in the traced graph and in the bodies of its
+# nested functions (tf.cond / tf.while_loop in a custom layer), where the 0 must be a constant of that body.
+# Values: the inputs that can be the constant 0.
+_GATE_OPS = {"Maximum": (0, 1), "ClipByValue": (1,), "Greater": (0, 1), "GreaterEqual": (0, 1), "Less": (0, 1),
+             "LessEqual": (0, 1)}
 _SMOOTH_OPS = {"Elu", "Selu", "Sigmoid", "Tanh", "Softplus", "Softsign", "Erf", "LogSoftmax", "Softmax"}
 _ALIASES = {"silu": "silu (swish)", "hard_silu": "hard_silu (hard_swish)"}
 
@@ -175,6 +176,7 @@ def _clone_layer(layer):
 def _rebuilt(layer, edit=lambda config: config):
     """A new layer of ``layer``'s class from its config (changed by ``edit``), or one clear error. A Lambda
     keeps its live function: from_config would rebuild it from its bytecode, which safe mode refuses."""
+    lambda_subclass = isinstance(layer, keras.layers.Lambda)
     if type(layer) is keras.layers.Lambda:
         shape = layer.get_config().get("output_shape")
         return keras.layers.Lambda(layer.function, output_shape=None if isinstance(shape, dict) else shape,
@@ -186,13 +188,24 @@ def _rebuilt(layer, edit=lambda config: config):
         # the layer's own initializers, regularizers, constraints and activations, registered or not
         with keras.saving.custom_object_scope(_custom_objects(layer)):
             return layer.__class__.from_config(config)
-    except (TypeError, ValueError, NotImplementedError) as err:
-        # the first paragraph of Keras's message, which may start on its second line and wrap
-        paragraph = " ".join(line.strip() for line in str(err).strip().split("\n\n")[0].splitlines())
-        reason = (paragraph or type(err).__name__).split(" using config=")[0][:300].rstrip(".")
+    except MemoryError:
+        raise
+    except Exception as err:  # the layer's own get_config / from_config may raise anything
         raise BadInputError(f"layer {layer.name!r}", expected="a layer Keras can copy (get_config / from_config)",
-                            got=f"{type(layer).__name__}: {reason}",
-                            fix="give the layer a get_config() that lists its __init__ arguments") from None
+                            got=f"{type(layer).__name__}: {_first_reason(err)}",
+                            fix="use keras.layers.Lambda itself (gradsight reuses its function as it is)"
+                                if lambda_subclass else
+                                "give the layer a get_config() that lists its __init__ arguments") from None
+
+
+def _first_reason(err: Exception) -> str:
+    """The cause in a Keras error message: what follows "Exception encountered:" when Keras wraps the layer's
+    own error, else the first paragraph (which may start on the message's second line and wrap)."""
+    text = str(err).strip()
+    if "Exception encountered:" in text:
+        text = text.split("Exception encountered:", 1)[1].strip()
+    paragraph = " ".join(line.strip() for line in text.split("\n\n")[0].splitlines())
+    return (paragraph or type(err).__name__).split(" using config=")[0][:300].rstrip(".")
 
 
 def _custom_objects(layer) -> dict:
@@ -223,32 +236,59 @@ def _swap_for(rule: str):
 
 
 def _forward_ops(model) -> list:
-    """Every operation of one traced forward pass (tf.function), nested function bodies included."""
+    """(kind, name) of every operation of one traced forward pass (tf.function), nested function bodies
+    included; a ReLU gate written as ops is the kind "<op> with 0"."""
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in model.inputs]
     graph = tf.function(lambda *x: model(x[0] if len(x) == 1 else list(x), training=False)) \
         .get_concrete_function(*specs).graph
-    ops = [(f"{op.type} with 0" if _gates_at_zero(op) else op.type, op.name) for op in graph.get_operations()]
+    bodies = _function_graphs(graph)
+    ops = [(_kind(op), op.name) for op in graph.get_operations()]
     for function in graph.as_graph_def().library.function:
-        constants = {node.name: tf.make_ndarray(node.attr["value"].tensor)
-                     for node in function.node_def if node.op == "Const"}
-        ops += [(f"{node.op} with 0" if _body_gates_at_zero(node, constants) else node.op,
-                 f"{function.signature.name}/{node.name}") for node in function.node_def]
+        name = function.signature.name
+        if name in bodies:
+            ops += [(_kind(op), f"{name}/{op.name}") for op in bodies[name].get_operations()]
+        else:  # no graph of its own to read (TensorFlow keeps them privately): its node definitions
+            ops += [(_node_kind(node, function), f"{name}/{node.name}") for node in function.node_def]
     return ops
 
 
-def _gates_at_zero(op) -> bool:
-    """A maximum, clip or comparison of a float tensor with a constant 0: the gate of a ReLU written as ops."""
-    if op.type not in _GATE_OPS or not op.inputs[0].dtype.is_floating:
-        return False
-    return any(_all_zero(tf.get_static_value(op.inputs[i])) for i in _GATE_OPS[op.type] if i < len(op.inputs))
+def _function_graphs(graph) -> dict:
+    """Graphs (with shapes and constants) of the functions ``graph`` calls, nested ones too, by name."""
+    found, todo = {}, [graph]
+    while todo:
+        for name, function in getattr(todo.pop(), "_functions", {}).items():
+            body = getattr(function, "graph", None)
+            if name not in found and body is not None:
+                found[name] = body
+                todo.append(body)
+    return found
 
 
-def _body_gates_at_zero(node, constants: dict) -> bool:
-    """``_gates_at_zero`` for a node of a nested function body (a NodeDef: inputs by name, "node:output:index")."""
+def _kind(op) -> str:
+    """The op's type, or "<type> with 0" for a maximum, clip or comparison of a float feature map with 0."""
+    inputs = list(op.inputs)
+    for i in _GATE_OPS.get(op.type, ()):
+        if i < len(inputs) and _all_zero(tf.get_static_value(inputs[i])):
+            data = inputs[0] if op.type == "ClipByValue" else inputs[1 - i]
+            if data.dtype.is_floating and data.shape.rank != 0:
+                return f"{op.type} with 0"
+    return op.type
+
+
+def _node_kind(node, function) -> str:
+    """``_kind`` from a function body's node definitions: inputs by name ("node:output:index"), no shapes."""
     if node.op not in _GATE_OPS or not tf.dtypes.as_dtype(node.attr["T"].type).is_floating:
-        return False
-    return any(_all_zero(constants.get(node.input[i].split(":")[0]))
-               for i in _GATE_OPS[node.op] if i < len(node.input))
+        return node.op
+    constants = {c.name: c for c in function.node_def if c.op == "Const"}
+    for i in _GATE_OPS[node.op]:
+        const = constants.get(node.input[i].split(":")[0]) if i < len(node.input) else None
+        try:
+            value = None if const is None else tf.make_ndarray(const.attr["value"].tensor)
+        except Exception:  # a constant that is no array (variant, resource): not a 0
+            value = None
+        if _all_zero(value):
+            return f"{node.op} with 0"
+    return node.op
 
 
 def _all_zero(value) -> bool:

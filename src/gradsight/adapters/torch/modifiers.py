@@ -152,11 +152,18 @@ def _private_copy(model: nn.Module) -> nn.Module:
     holds something that cannot be copied (a lock, an open file, a generator)."""
     try:
         return copy.deepcopy(model).eval()
+    except MemoryError:
+        raise
     except Exception as err:  # deepcopy raises whatever the object's own copying raises
+        reason = str(err).strip().split("\n")[0]
+        if len(reason) > 240:  # torch's messages run long: up to the last full sentence that fits
+            reason = reason[:240].rsplit(". ", 1)[0]
+        reason = reason.rstrip(".")
         raise BadInputError("model", expected="a model copy.deepcopy can copy (gradsight changes a private copy, "
-                            "never your model)", got=f"{type(err).__name__}: {str(err)[:200]}",
-                            fix="keep objects that cannot be copied (locks, files, generators) out of the model's "
-                                "attributes, or give that class a __deepcopy__") from None
+                            "never your model)", got=f"{type(err).__name__}: {reason}",
+                            fix="keep objects that cannot be copied (locks, files, generators) and tensors with "
+                                "autograd history (store .detach() in hooks and attributes) out of the model, or "
+                                "give that class a __deepcopy__") from None
 
 
 def _rule_copy(model: nn.Module, rule: str, probe: torch.Tensor | None) -> nn.Module:
