@@ -143,7 +143,11 @@ def test_functional_and_smooth_activations_are_refused_by_name():
         with pytest.raises(BadInputError, match=f"{type(module).__name__}, which has no guided rule"):
             modified_copy(Clamped(module), "guided", probe=probe)
     # A clamp at another bound, or to [0, 1] (an input range, not a ReLU), is not a ReLU: the copy is made.
-    for other in (lambda t: t.clamp(min=-1.0), lambda t: t.clamp(0.0, 1.0)):
+    # Nor is a scalar compared with 0 (a predicate), or an integer one (a counter): not what a ReLU gates.
+    for other in (lambda t: t.clamp(min=-1.0), lambda t: t.clamp(0.0, 1.0),
+                  lambda t: t * 2.0 if t.mean() > 0 else t, lambda t: t * (t.sum() > 0),
+                  lambda t: t + torch.maximum(t.amax(), torch.zeros(())), lambda t: t * t.mean().clamp(min=0),
+                  lambda t: t * (torch.arange(t.shape[1]) > 0).float()[None, :, None, None]):
         assert modified_copy(Clamped(other), "guided", probe=probe) is not None
     smooth = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(BadInputError, match="SiLU"):

@@ -57,17 +57,24 @@ def _is_zero(value) -> bool:
     return isinstance(value, (int, float)) and value == 0
 
 
+def _feature_map(value) -> bool:
+    """A floating-point tensor that is not a scalar: what a ReLU gates (a scalar compared with 0 is a
+    predicate, an integer one a counter or an index)."""
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and value.ndim > 0
+
+
 def _relu_in_disguise(op: str, args, kwargs) -> bool:
     """A clamp whose lower bound is 0, a maximum with zeros, or a comparison with 0 (the gate of a ReLU written
-    as ``where`` or a product): a ReLU (or ReLU6) applied as a function."""
+    as ``where`` or a product) of a feature map: a ReLU (or ReLU6) applied as a function."""
     if op in _CLAMP_OPS:  # [0, inf) or [0, 6]: a ReLU or ReLU6 (an input clamped to [0, 1] is not)
         low = args[1] if len(args) > 1 else kwargs.get("min")
         high = args[2] if len(args) > 2 else kwargs.get("max")
-        return _is_zero(low) and (high is None or (not isinstance(high, torch.Tensor) and high == 6))
+        return _feature_map(args[0]) and _is_zero(low) and \
+            (high is None or (not isinstance(high, torch.Tensor) and high == 6))
     if op in _MAXIMUM_OPS:
-        return any(_is_zero(a) for a in args[:2])
+        return len(args) > 1 and any(_is_zero(a) and _feature_map(b) for a, b in (args[:2], args[1::-1]))
     if op in _COMPARISON_OPS:
-        return len(args) > 1 and _is_zero(args[1])
+        return len(args) > 1 and _feature_map(args[0]) and _is_zero(args[1])
     return False
 
 
