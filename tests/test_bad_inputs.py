@@ -187,3 +187,15 @@ def test_output_folder_that_is_a_file_fails_cleanly(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "output folder" in proc.stderr and "Choose another --out folder" in proc.stderr
     assert blocker.read_text() == "a file, not a folder"
+
+
+def test_a_reason_ending_in_a_full_stop_gets_no_second_one():
+    from gradsight.errors import BadInputError, cause_of
+
+    assert str(BadInputError("x", expected="a", got="b.", fix="c")) == "x: expected a, got b. C."
+    assert str(BadInputError("x", expected="a", got="b", fix="c")) == "x: expected a, got b. C."
+    # Another library's message: its first paragraph on one line, cut at the last full sentence that fits.
+    err = RuntimeError("First line\nwraps here. Second sentence is long.\n\nDetails nobody needs.")
+    assert cause_of(err) == "First line wraps here. Second sentence is long."
+    assert cause_of(err, 30) == "First line wraps here"
+    assert cause_of(RuntimeError()) == "RuntimeError"

@@ -22,11 +22,20 @@ class GradsightError(Exception):
 
 def _sentence(what: str, expected: str, got: str, fix: str) -> str:
     fix = fix[:1].upper() + fix[1:] if fix else ""
-    text = f"{what}: expected {expected}, got {got}."
+    got = got.rstrip()
+    text = f"{what}: expected {expected}, got {got}" + ("" if got.endswith(".") else ".")
     if not fix:
         return text
     return f"{text} {fix}" if fix.endswith(("?", ".", "!")) else f"{text} {fix}."
 
+
+
+def cause_of(err: BaseException, limit: int = 300) -> str:
+    """Another library's exception in one line for a ``got=``: its first paragraph (which may wrap over several
+    lines), cut at the last full sentence within ``limit`` characters."""
+    text = " ".join(line.strip() for line in str(err).strip().split("\n\n")[0].splitlines())
+    text = text or type(err).__name__
+    return text if len(text) <= limit else text[:limit].rsplit(". ", 1)[0]
 
 
 class BadInputError(GradsightError, ValueError):

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ...errors import BadInputError, GradsightError, UnknownNameError
+from ...errors import BadInputError, GradsightError, UnknownNameError, cause_of
 from ..common import MODIFY_RULES
 from .layers import as_batch, innermost_final_operation, require_graph, require_graph_model, resolve_layer, walk_layers
 from .scores import is_softmax, is_softmax_operation
@@ -200,12 +200,11 @@ def _rebuilt(layer, edit=lambda config: config):
 
 def _first_reason(err: Exception) -> str:
     """The cause in a Keras error message: what follows "Exception encountered:" when Keras wraps the layer's
-    own error, else the first paragraph (which may start on the message's second line and wrap)."""
+    own error (without the config it repeats), else its first paragraph."""
     text = str(err).strip()
     if "Exception encountered:" in text:
         text = text.split("Exception encountered:", 1)[1].strip()
-    paragraph = " ".join(line.strip() for line in text.split("\n\n")[0].splitlines())
-    return (paragraph or type(err).__name__).split(" using config=")[0][:300].rstrip(".")
+    return cause_of(text.split(" using config=")[0] or err)
 
 
 def _custom_objects(layer) -> dict:
@@ -248,7 +247,8 @@ def _forward_ops(model) -> list:
         if name in bodies:
             ops += [(_kind(op), f"{name}/{op.name}") for op in bodies[name].get_operations()]
         else:  # no graph of its own to read (TensorFlow keeps them privately): its node definitions
-            ops += [(_node_kind(node, function), f"{name}/{node.name}") for node in function.node_def]
+            constants = {node.name: node for node in function.node_def if node.op == "Const"}
+            ops += [(_node_kind(node, constants), f"{name}/{node.name}") for node in function.node_def]
     return ops
 
 
@@ -275,11 +275,11 @@ def _kind(op) -> str:
     return op.type
 
 
-def _node_kind(node, function) -> str:
-    """``_kind`` from a function body's node definitions: inputs by name ("node:output:index"), no shapes."""
+def _node_kind(node, constants: dict) -> str:
+    """``_kind`` from a function body's node definitions (``constants``: its Const nodes by name): inputs by name
+    ("node:output:index"), no shapes."""
     if node.op not in _GATE_OPS or not tf.dtypes.as_dtype(node.attr["T"].type).is_floating:
         return node.op
-    constants = {c.name: c for c in function.node_def if c.op == "Const"}
     for i in _GATE_OPS[node.op]:
         const = constants.get(node.input[i].split(":")[0]) if i < len(node.input) else None
         try:

@@ -287,6 +287,11 @@ def _hookless_replica(module: nn.Module) -> nn.Module:
     return replica
 
 
+def _module_entry_points() -> tuple:
+    """What torch.fx patches while it traces; changed by a trace that undid another's patches out of order."""
+    return nn.Module.__call__, nn.Module.__getattr__
+
+
 def traced_graph(clone: nn.Module) -> tuple[fx.Graph, frozenset] | None:
     """``clone``'s torch.fx graph (leaves: modules without children) and the nodes whose tensors an in-place
     step edits later, kept on the copy; None where it cannot be traced (see the module's docstring)."""
@@ -298,9 +303,9 @@ def traced_graph(clone: nn.Module) -> tuple[fx.Graph, frozenset] | None:
                 return clone.__dict__["_gradsight_fx"]
             if _another_fx_trace():
                 return None
-            calls = (nn.Module.__call__, nn.Module.__getattr__)
+            patched = _module_entry_points()
             traced = _trace(clone)
-            if _another_fx_trace() or (nn.Module.__call__, nn.Module.__getattr__) != calls:
+            if _another_fx_trace() or _module_entry_points() != patched:
                 return None  # another trace interleaved with this one (see the module's docstring)
             clone.__dict__["_gradsight_fx"] = traced
     return clone.__dict__["_gradsight_fx"]

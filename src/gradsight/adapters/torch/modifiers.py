@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ...errors import BadInputError
+from ...errors import BadInputError, cause_of
 from ..common import MODIFY_RULES, avoid_triton_tensorflow_clash
 from .gradients import as_nchw
 from .layers import ACTIVATIONS, resolve_module
@@ -162,12 +162,8 @@ def _private_copy(model: nn.Module) -> nn.Module:
     except MemoryError:
         raise
     except Exception as err:  # deepcopy raises whatever the object's own copying raises
-        reason = str(err).strip().split("\n")[0]
-        if len(reason) > 240:  # torch's messages run long: up to the last full sentence that fits
-            reason = reason[:240].rsplit(". ", 1)[0]
-        reason = reason.rstrip(".")
         raise BadInputError("model", expected="a model copy.deepcopy can copy (gradsight changes a private copy, "
-                            "never your model)", got=f"{type(err).__name__}: {reason}",
+                            "never your model)", got=f"{type(err).__name__}: {cause_of(err, 240)}",
                             fix="keep objects that cannot be copied (locks, files, generators) and tensors with "
                                 "autograd history (store .detach() in hooks and attributes) out of the model, or "
                                 "give that class a __deepcopy__") from None
